@@ -1,0 +1,3 @@
+from racnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""Typed configuration: one source of truth for every setting.
+
+A :class:`Config` is three dataclasses (model, data, train). It is read from YAML, changed with
+``--set key=value`` overrides (``--set train.cls.lr=0.01``), written into every run folder and stored inside
+every checkpoint. Unknown keys are rejected with the nearest valid key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "PhaseConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "resolve_device",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    """The network: backbone, scales, sizes and the attention proposal network (APN)."""
+
+    backbone: str = "tiny"  # see racnn.backbones.list_backbones()
+    pretrained: str | None = None  # None, "imagenet" or a path to a local state dict
+    num_classes: int = 0  # 0: taken from the data set at train time
+    num_scales: int = 3  # 2 to 4; the paper uses 3
+    input_size: int = 448  # scale-1 input side (paper: 448)
+    zoom_size: int = 224  # side of every zoomed scale's input (paper: 224)
+    min_side: float = 1 / 3  # smallest attention box side, as a fraction of its scale's input side
+    apn_pool: int = 7  # the APN pools the conv map to apn_pool x apn_pool before its fc layers
+    apn_hidden: int = 1024  # APN hidden width (authors' code: 1024)
+    mask_k: float = 10.0  # steepness of the boxcar mask's logistic, per input pixel
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are fed."""
+
+    dataset: str = "synthetic"  # cub | dogs | cars | aircraft | flowers | folder | synthetic
+    root: str | None = None  # data set folder in its official layout (unused by synthetic)
+    options: dict[str, Any] = field(default_factory=dict)  # layout-specific, e.g. {annotation_level: family}
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 2
+    resize_ratio: float = 512 / 448  # train/test resize the shorter side to input_size * resize_ratio
+    hflip: bool = True
+    skip_bad_files: bool = False  # skip unreadable images (counted, one warning) instead of failing
+    synthetic_train: int = 1200  # built-in synthetic set: images per split and classes
+    synthetic_test: int = 600
+    synthetic_classes: int = 6
+    synthetic_seed: int = 0
+
+
+@dataclass
+class PhaseConfig:
+    """One kind of training phase: its length and optimiser settings. epochs = 0 switches it off."""
+
+    epochs: int = 0
+    lr: float = 1e-3
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # cosine | constant
+
+
+@dataclass
+class TrainConfig:
+    """The schedule (warm-up, APN pre-training, rounds of classification / APN, fusion) and run settings.
+
+    The phases run in this order: ``warmup`` (classification of every scale, APNs frozen),
+    ``apn_pretrain`` (regress the APNs onto the strongest response, backbones frozen), then ``rounds`` times
+    ``cls`` followed by ``apn``, then ``fusion`` (the fusion heads only).
+    """
+
+    output_dir: str = "runs"
+    name: str = "racnn"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False
+    grad_accum: int = 1
+    label_smoothing: float = 0.0
+    margin: float = 0.05  # ranking-loss margin (paper: 0.05)
+    max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
+    best_metric: str = "top1_fused"  # top1_fused | top1_s1 | top1_s2 | ...
+    rounds: int = 2
+    warmup: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=1e-3))
+    apn_pretrain: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-3, weight_decay=0.0))
+    cls: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=2, lr=1e-3))
+    apn: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-3, weight_decay=0.0))
+    fusion: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-2))
+    progress: bool = True  # tqdm bars
+    tensorboard: bool = True  # when the tensorboard package is installed
+    visualize: bool = True  # attention grid after each round and curves.png
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dict <-> dataclass with strict keys and type checks
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{where}{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{where}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float and str -> number."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"'{key}': invalid value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' expects a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"'{key}' expects true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"'{key}' expects a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"'{key}' expects an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"'{key}' expects a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    types_ = _field_types(cls)
+    for key in data:
+        if key not in types_:
+            raise _unknown_key(key, list(types_), prefix)
+    kwargs = {key: _coerce(value, types_[key], prefix + key) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Build a :class:`Config` from a nested dict; missing keys keep their defaults, unknown keys fail."""
+    cfg = _from_dict(Config, data or {})
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The nested plain-dict form of ``cfg`` (what YAML files and checkpoints hold)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a copy of ``cfg`` with ``key=value`` overrides applied (values parsed as YAML scalars)."""
+    data = config_to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.cls.lr=0.01)")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        keys = dotted.strip().split(".")
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            if key not in node:
+                raise _unknown_key(key, list(node), ".".join(keys[:depth]) + ("." if depth else ""))
+            if not isinstance(node[key], dict):
+                raise ConfigError(f"'{'.'.join(keys[: depth + 1])}' is a value, not a section")
+            node = node[key]
+            if key == "options":  # a free-form mapping: the rest of the dotted key is one option name
+                node[".".join(keys[depth + 1 :])] = value
+                break
+        else:
+            if keys[-1] not in node:
+                raise _unknown_key(keys[-1], list(node), ".".join(keys[:-1]) + ("." if len(keys) > 1 else ""))
+            node[keys[-1]] = value
+    return config_from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with messages that say what was expected."""
+    m, t = cfg.model, cfg.train
+    if not 2 <= m.num_scales <= 4:
+        raise ConfigError(f"model.num_scales must be 2, 3 or 4, got {m.num_scales}")
+    if not 0 < m.min_side < 1:
+        raise ConfigError(f"model.min_side must be in (0, 1), got {m.min_side}")
+    if m.input_size < 16 or m.zoom_size < 16:
+        raise ConfigError(f"model.input_size and zoom_size must be at least 16, got {m.input_size}, {m.zoom_size}")
+    if t.amp not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
+    if t.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
+    for name in ("warmup", "apn_pretrain", "cls", "apn", "fusion"):
+        phase = getattr(t, name)
+        if phase.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"train.{name}.optimizer must be sgd or adamw, got '{phase.optimizer}'")
+        if phase.scheduler not in ("cosine", "constant"):
+            raise ConfigError(f"train.{name}.scheduler must be cosine or constant, got '{phase.scheduler}'")
+        if phase.epochs < 0:
+            raise ConfigError(f"train.{name}.epochs must be >= 0, got {phase.epochs}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+def resolve_device(name: str = "auto"):
+    """The one place a device is chosen: ``auto`` takes CUDA, then MPS, then the CPU."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available here; use device=cpu or auto")
+    return device
