@@ -1,0 +1,56 @@
+"""Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
+
+from .datasets import (
+    CUB200,
+    DATASETS,
+    FGVCAircraft,
+    Flowers102,
+    ImageDataset,
+    ImageFolderSplits,
+    SkippedImagesWarning,
+    StanfordCars,
+    StanfordDogs,
+    build_dataset,
+    dataset_names,
+    register_dataset,
+)
+from .io import (
+    IMG_EXTENSIONS,
+    DatasetError,
+    DatasetIntegrityError,
+    DatasetLayoutError,
+    ImageLoadError,
+    check_image_file,
+    load_image,
+)
+from .synthetic import SyntheticFineGrained, SyntheticSample
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, to_tensor
+
+__all__ = [
+    "CUB200",
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "DatasetError",
+    "DatasetIntegrityError",
+    "DatasetLayoutError",
+    "FGVCAircraft",
+    "Flowers102",
+    "ImageDataset",
+    "ImageFolderSplits",
+    "ImageLoadError",
+    "SkippedImagesWarning",
+    "StanfordCars",
+    "StanfordDogs",
+    "SyntheticFineGrained",
+    "SyntheticSample",
+    "build_dataset",
+    "build_transforms",
+    "check_image_file",
+    "dataset_names",
+    "denormalize",
+    "load_image",
+    "register_dataset",
+    "to_tensor",
+]

@@ -1,0 +1,896 @@
+"""Fine-grained data sets read from their official on-disk layouts, behind one interface and one factory.
+
+Every data set returns ``(image, label)`` (by default ``image`` is a float32 tensor ``(3, H, W)`` in [0, 1];
+pass a transform from :func:`racnn.data.build_transforms` for training) and exposes ``name``, ``root``,
+``split``, ``classes`` (display names), ``raw_classes`` (names as on disk), ``targets`` and ``samples``
+(``(path, label)`` pairs). Labels are 0-based. Use :func:`build_dataset` to make one by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .io import (
+    IMG_EXTENSIONS,
+    DatasetError,
+    DatasetIntegrityError,
+    DatasetLayoutError,
+    ImageLoadError,
+    check_image_file,
+    load_image,
+)
+from .synthetic import SyntheticFineGrained
+from .transforms import to_tensor
+
+__all__ = [
+    "CUB200",
+    "DATASETS",
+    "FGVCAircraft",
+    "Flowers102",
+    "ImageDataset",
+    "ImageFolderSplits",
+    "SkippedImagesWarning",
+    "StanfordCars",
+    "StanfordDogs",
+    "build_dataset",
+    "dataset_names",
+    "register_dataset",
+]
+
+DATASETS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Class or function decorator adding a data set builder to :data:`DATASETS` under ``name``.
+
+    A builder is called as ``builder(root=..., split=..., transform=..., **options)``.
+    """
+
+    def decorator(builder: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        if name in DATASETS:
+            raise ValueError(f"data set name {name!r} is already registered")
+        DATASETS[name] = builder
+        return builder
+
+    return decorator
+
+
+def dataset_names() -> list[str]:
+    """Names accepted by :func:`build_dataset`, sorted."""
+    return sorted(DATASETS)
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    split: str,
+    transform: Callable[[Any], Any] | None = None,
+    **options: Any,
+) -> Dataset:
+    """Builds a data set by name.
+
+    Args:
+        name: one of :func:`dataset_names`: ``"cub"``, ``"dogs"``, ``"cars"``, ``"aircraft"``, ``"flowers"``,
+            ``"folder"``, ``"synthetic"``.
+        root: the data set's folder (see each class for what it must hold); ignored by ``"synthetic"``.
+        split: ``"train"`` or ``"test"``, plus ``"val"`` where the layout has one.
+        transform: applied to the RGB PIL image (to the [0, 1] float tensor for ``"synthetic"``).
+        **options: data-set-specific keyword options, e.g. ``skip_bad_files=True``,
+            ``annotation_level="family"`` (aircraft), ``num_classes=4`` (synthetic).
+
+    Returns:
+        The data set.
+
+    Raises:
+        ValueError: unknown name, split or option.
+        DatasetLayoutError: required files are missing.
+        DatasetIntegrityError: the annotations are inconsistent.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(dataset_names())}")
+    builder = DATASETS[name]
+    parameters = inspect.signature(builder).parameters
+    valid = [p for p in parameters if p not in ("self", "root", "split", "transform")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for data set {name!r}; valid options: {', '.join(valid)}")
+    return builder(root=root, split=split, transform=transform, **options)
+
+
+class SkippedImagesWarning(UserWarning):
+    """Unreadable image files were skipped (``skip_bad_files=True``)."""
+
+
+_DEFAULT_TRANSFORM = to_tensor()
+
+
+class ImageDataset(Dataset):
+    """Common base: a list of ``(path, label)`` samples loaded with :func:`racnn.data.io.load_image`.
+
+    Subclasses parse their layout and call :meth:`_set_samples`, which checks labels, duplicates and classes
+    without training images. With ``strict=True`` (the default) any problem raises
+    :class:`DatasetIntegrityError`; with ``strict=False`` the problems are kept in ``problems`` and the
+    offending entries are dropped.
+
+    Unreadable images: by default a bad file raises :class:`ImageLoadError` when it is loaded. With
+    ``skip_bad_files=True`` every file is checked cheaply when the data set is built (header, end marker; see
+    :func:`racnn.data.io.check_image_file`), bad ones are dropped and listed in ONE
+    :class:`SkippedImagesWarning`; a file that still fails to decode later (corrupt data inside) is replaced by
+    the next readable sample, so a DataLoader worker never crashes, and is recorded in ``bad_files``.
+
+    Attributes:
+        name: registry name of the data set.
+        root: the folder the layout was read from.
+        split: the split.
+        samples: ``(path, label)`` pairs.
+        targets: the labels, ``[label for _, label in samples]``.
+        classes: display names of the classes, indexed by label.
+        raw_classes: class names as written in the layout.
+        problems: annotation problems found (always empty when ``strict=True``).
+        bad_files: ``{path: reason}`` of skipped images (``skip_bad_files=True``).
+    """
+
+    name: ClassVar[str] = "images"
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        if root is None:
+            raise ValueError(f"data set {self.name!r} needs a root folder, got None")
+        if split not in self.splits:
+            raise ValueError(f"split {split!r} is not available for {self.name!r}; available: {', '.join(self.splits)}")
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.transform = transform
+        self.skip_bad_files = skip_bad_files
+        self.strict = strict
+        self.samples: list[tuple[str, int]] = []
+        self.targets: list[int] = []
+        self.classes: list[str] = []
+        self.raw_classes: list[str] = []
+        self.problems: list[str] = []
+        self.bad_files: dict[str, str] = {}
+        self._bad_indices: set[int] = set()
+        self._warned_at_load = False
+
+    # -- construction helpers ------------------------------------------------------------------------------
+
+    def _set_samples(
+        self,
+        samples: list[tuple[str, int]],
+        classes: list[str],
+        raw_classes: list[str] | None = None,
+        problems: Iterable[str] = (),
+        check_empty_classes: bool = True,
+    ) -> None:
+        """Stores the parsed samples after the common checks; raises or records problems; pre-checks files.
+
+        The common checks: labels in range, no path twice, and (train split, ``check_empty_classes``) every
+        class has at least one image.
+        """
+        problems = list(problems)
+        num_classes = len(classes)
+        kept, seen = [], set()
+        for path, label in samples:
+            if not 0 <= label < num_classes:
+                problems.append(f"{path}: label {label} is out of range 0..{num_classes - 1} (0-based)")
+            elif path in seen:
+                problems.append(f"{path}: listed more than once in split {self.split!r}")
+            else:
+                seen.add(path)
+                kept.append((path, label))
+        if self.split == "train" and check_empty_classes:
+            counts = Counter(label for _, label in kept)
+            problems += [
+                f"class {classes[c]!r} (label {c}) has no training images" for c in range(num_classes) if not counts[c]
+            ]
+        problems = list(dict.fromkeys(problems))  # drop repeats, keep order
+        if problems and self.strict:
+            raise DatasetIntegrityError(self.name, self.root, problems)
+        self.problems = problems
+        self.classes = list(classes)
+        self.raw_classes = list(raw_classes) if raw_classes is not None else list(classes)
+        self.samples = kept
+        if self.skip_bad_files:
+            self._drop_bad_files()
+        self.targets = [label for _, label in self.samples]
+
+    def _drop_bad_files(self) -> None:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            reasons = list(pool.map(check_image_file, [path for path, _ in self.samples]))
+        bad = {path: reason for (path, _), reason in zip(self.samples, reasons, strict=True) if reason}
+        if not bad:
+            return
+        self.bad_files.update(bad)
+        total = len(self.samples)
+        self.samples = [s for s in self.samples if s[0] not in bad]
+        listed = "; ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        warnings.warn(
+            f"{self.name} ({self.split}): skipped {len(bad)} unreadable image file(s) of {total}: {listed}{more}. "
+            "The full list is in dataset.bad_files.",
+            SkippedImagesWarning,
+            stacklevel=4,
+        )
+
+    # -- access ------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self._load(index)
+        transform = self.transform if self.transform is not None else _DEFAULT_TRANSFORM
+        return transform(image), label
+
+    def _load(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        index %= len(self.samples)  # negative indices name the same sample as their positive twin
+        if index not in self._bad_indices:
+            try:
+                return load_image(path, self.name), label
+            except ImageLoadError as error:
+                if not self.skip_bad_files:
+                    raise
+                self._record_bad(index, error)
+        # Replace a bad sample by the next readable one, so a DataLoader worker keeps going.
+        n = len(self.samples)
+        for offset in range(1, n):
+            other = (index + offset) % n
+            if other in self._bad_indices:
+                continue
+            other_path, other_label = self.samples[other]
+            try:
+                return load_image(other_path, self.name), other_label
+            except ImageLoadError as error:
+                self._record_bad(other, error)
+        raise DatasetError(f"{self.name} ({self.split}): no readable image left among {n} samples under {self.root}")
+
+    def _record_bad(self, index: int, error: ImageLoadError) -> None:
+        self._bad_indices.add(index)
+        self.bad_files[error.path] = error.reason
+        if not self._warned_at_load:
+            self._warned_at_load = True
+            warnings.warn(
+                f"{self.name} ({self.split}): {error}; replaced by the next readable sample. Further unreadable "
+                "files are replaced without a warning and listed in dataset.bad_files (per process).",
+                SkippedImagesWarning,
+                stacklevel=4,
+            )
+
+    @property
+    def paths(self) -> list[str]:
+        """Image paths, aligned with ``targets``."""
+        return [path for path, _ in self.samples]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Display class name -> label."""
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, split={self.split!r}, "
+            f"samples={len(self)}, classes={self.num_classes})"
+        )
+
+
+# -- layout helpers ----------------------------------------------------------------------------------------------
+
+
+def _require(dataset: str, root: Path, expected: list[str], required: list[str]) -> None:
+    """Raises :class:`DatasetLayoutError` listing ``expected`` when any of ``required`` (relative paths;
+    a trailing ``/`` means a folder) is missing under ``root``."""
+    missing = []
+    for rel in required:
+        path = root / rel.rstrip("/")
+        if not (path.is_dir() if rel.endswith("/") else path.is_file()):
+            missing.append(rel)
+    if missing:
+        raise DatasetLayoutError(dataset, root, expected, missing)
+
+
+def _read_id_table(path: Path, num_values: int, problems: list[str]) -> dict[int, list[str]]:
+    """Reads a CUB-style ``ID VALUE...`` text file; malformed lines and duplicate ids go to ``problems``.
+
+    With ``num_values == 1`` the value is the rest of the line (it may hold spaces).
+    """
+    table: dict[int, list[str]] = {}
+    first_line: dict[int, int] = {}
+    with path.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            fields = text.split(maxsplit=1) if num_values == 1 else text.split()
+            if len(fields) != num_values + 1 or not re.fullmatch(r"\d+", fields[0]):
+                problems.append(
+                    f"{path.name} line {line_number}: expected 'ID' and {num_values} value(s), got {text!r}"
+                )
+                continue
+            image_id = int(fields[0])
+            if image_id in table:
+                problems.append(
+                    f"{path.name} line {line_number}: duplicate id {image_id} (first on line {first_line[image_id]})"
+                )
+                continue
+            table[image_id] = fields[1:]
+            first_line[image_id] = line_number
+    return table
+
+
+def _display_name(raw: str, prefix: str) -> str:
+    return re.sub(prefix, "", raw).replace("_", " ")
+
+
+def _load_mat(path: Path, dataset: str, root: Path) -> dict[str, Any]:
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(path)
+    except Exception as error:  # scipy raises several types (ValueError, TypeError, MatReadError) on bad files
+        raise DatasetIntegrityError(dataset, root, [f"{path}: cannot read MATLAB file ({error})"]) from error
+
+
+def _header_size(path: str) -> tuple[float, float]:
+    """``(height, width)`` from the image header, NaN when the file cannot be opened."""
+    try:
+        with Image.open(path) as image:
+            return float(image.height), float(image.width)
+    except (OSError, ValueError, SyntaxError):
+        return float("nan"), float("nan")
+
+
+def _path_loader(path: str | os.PathLike) -> str:
+    """A torchvision ``loader`` that returns the path, so indexing a torchvision data set decodes nothing."""
+    return str(path)
+
+
+def _torchvision_samples(cls: type, **kwargs: Any) -> tuple[Any, list[tuple[str, int]]]:
+    """Builds a torchvision data set and reads its ``(path, label)`` list without decoding any image."""
+    if "loader" in inspect.signature(cls).parameters:
+        dataset = cls(**kwargs, loader=_path_loader)
+        return dataset, [(str(path), int(label)) for path, label in (dataset[i] for i in range(len(dataset)))]
+    dataset = cls(**kwargs)  # torchvision < 0.21: no loader argument, read the parsed lists instead
+    if hasattr(dataset, "_samples"):
+        return dataset, [(str(p), int(y)) for p, y in dataset._samples]
+    return dataset, [(str(p), int(y)) for p, y in zip(dataset._image_files, dataset._labels, strict=True)]
+
+
+def _resolve_parent(root: Path, folder: str) -> Path:
+    """Accepts either the torchvision root or the data set's own folder inside it."""
+    if not (root / folder).is_dir() and root.name == folder:
+        return root.parent
+    return root
+
+
+# -- data sets ----------------------------------------------------------------------------------------------------
+
+
+@register_dataset("cub")
+class CUB200(ImageDataset):
+    """CUB-200-2011 in its official layout.
+
+    ``root`` is the ``CUB_200_2011`` folder (its parent is accepted too) holding ``images/``, ``images.txt``,
+    ``image_class_labels.txt``, ``train_test_split.txt`` (1 = train), ``classes.txt`` and optionally
+    ``bounding_boxes.txt``. Labels in the files are 1-based; here they are 0-based.
+
+    Args:
+        root: the ``CUB_200_2011`` folder.
+        split: ``"train"`` or ``"test"``.
+        transform: applied to the RGB PIL image.
+        skip_bad_files: skip unreadable images instead of raising (see :class:`ImageDataset`).
+        strict: raise on annotation problems (else record them in ``problems``).
+
+    Attributes:
+        classes: display names ("Black footed Albatross"); ``raw_classes`` keeps "001.Black_footed_Albatross".
+        image_ids: the CUB image id of every sample.
+        boxes: per sample ``(x, y, w, h)`` object box in pixels of the original image, or None without
+            ``bounding_boxes.txt``; :meth:`get_box` gives one, :meth:`object_boxes` all of them normalised.
+    """
+
+    name = "cub"
+    splits = ("train", "test")
+    expected = [
+        "images/<NNN.Class_name>/<image>.jpg",
+        "images.txt                (image_id relative_path)",
+        "image_class_labels.txt    (image_id class_id, 1-based)",
+        "train_test_split.txt      (image_id is_training_image)",
+        "classes.txt               (class_id NNN.Class_name)",
+        "bounding_boxes.txt        (image_id x y width height; optional)",
+    ]
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(root, split, transform, skip_bad_files=skip_bad_files, strict=strict)
+        if not (self.root / "images.txt").exists() and (self.root / "CUB_200_2011" / "images.txt").exists():
+            self.root = self.root / "CUB_200_2011"
+        root = self.root
+        _require(
+            self.name,
+            root,
+            self.expected,
+            ["images/", "images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"],
+        )
+        problems: list[str] = []
+        class_table = _read_id_table(root / "classes.txt", 1, problems)
+        images = _read_id_table(root / "images.txt", 1, problems)
+        labels = _read_id_table(root / "image_class_labels.txt", 1, problems)
+        is_train = _read_id_table(root / "train_test_split.txt", 1, problems)
+        box_file = root / "bounding_boxes.txt"
+        box_table = _read_id_table(box_file, 4, problems) if box_file.is_file() else None
+
+        num_classes = len(class_table)
+        if sorted(class_table) != list(range(1, num_classes + 1)):
+            problems.append(f"classes.txt: class ids must be 1..{num_classes}, got {sorted(class_table)[:10]}...")
+        raw_classes = [class_table[c][0] for c in sorted(class_table)]
+
+        for file_name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
+            extra = sorted(set(table) - set(images))
+            if extra:
+                problems.append(f"{file_name}: {len(extra)} id(s) not in images.txt, e.g. {extra[:5]}")
+
+        samples, boxes, image_ids, train_counts = [], {}, {}, Counter()
+        class_index = {c: i for i, c in enumerate(sorted(class_table))}
+        for image_id in sorted(images):
+            rel = images[image_id][0]
+            if image_id not in labels or image_id not in is_train:
+                missing = "image_class_labels.txt" if image_id not in labels else "train_test_split.txt"
+                problems.append(f"image id {image_id} ({rel}) is missing from {missing}")
+                continue
+            label_text, split_text = labels[image_id][0], is_train[image_id][0]
+            if not label_text.isdigit() or int(label_text) not in class_index:
+                problems.append(
+                    f"image_class_labels.txt: image id {image_id} ({rel}) has label {label_text}, "
+                    f"expected a class id 1..{num_classes}"
+                )
+                continue
+            if split_text not in ("0", "1"):
+                problems.append(f"train_test_split.txt: image id {image_id} has value {split_text!r}, expected 0 or 1")
+                continue
+            label = class_index[int(label_text)]
+            train_counts[label] += split_text == "1"
+            box = None
+            if box_table is not None:
+                if image_id not in box_table:
+                    problems.append(f"bounding_boxes.txt: no box for image id {image_id} ({rel})")
+                else:
+                    try:
+                        box = tuple(float(v) for v in box_table[image_id])
+                    except ValueError:
+                        box = None
+                    if box is None or box[2] <= 0 or box[3] <= 0:
+                        values = " ".join(box_table[image_id])
+                        problems.append(f"bounding_boxes.txt: image id {image_id} has an invalid box {values!r}")
+            if (split_text == "1") == (split == "train"):
+                path = str(root / "images" / rel)
+                samples.append((path, label))
+                boxes[path], image_ids[path] = box, image_id
+        problems += [
+            f"class {raw_classes[c]!r} (class id {c + 1}) has no training images"
+            for c in range(num_classes)
+            if not train_counts[c]
+        ]
+        classes = [_display_name(c, r"^\d+\.") for c in raw_classes]
+        # Classes without training images were checked above on the whole annotation set, for both splits.
+        self._set_samples(samples, classes, raw_classes, problems, check_empty_classes=False)
+        self.image_ids: list[int] = [image_ids[p] for p in self.paths]
+        self.boxes: list[tuple[float, float, float, float]] | None = (
+            [boxes[p] for p in self.paths] if box_table is not None else None
+        )
+        self._image_sizes: Tensor | None = None
+
+    @property
+    def has_boxes(self) -> bool:
+        """Whether ``bounding_boxes.txt`` was present."""
+        return self.boxes is not None
+
+    def image_sizes(self) -> Tensor:
+        """``(N, 2)`` float ``(height, width)`` of every original image, from the file headers (cached; NaN
+        for a file that cannot be opened)."""
+        if self._image_sizes is None:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                self._image_sizes = torch.tensor(list(pool.map(_header_size, self.paths)), dtype=torch.float32)
+        return self._image_sizes.view(-1, 2)
+
+    def object_boxes(self) -> Tensor | None:
+        """``(N, 4)`` object boxes as normalised ``(x1, y1, x2, y2)`` of each original image (x by its width,
+        y by its height; the convention of ``racnn.crop.boxes_to_xyxy(..., image_size=None)``), or None
+        without ``bounding_boxes.txt``. Rows of unreadable images are NaN."""
+        if self.boxes is None:
+            return None
+        xywh = torch.tensor(self.boxes, dtype=torch.float64).view(-1, 4)
+        h, w = self.image_sizes().double().unbind(1)
+        x1, y1 = xywh[:, 0] / w, xywh[:, 1] / h
+        x2, y2 = (xywh[:, 0] + xywh[:, 2]) / w, (xywh[:, 1] + xywh[:, 3]) / h
+        return torch.stack([x1, y1, x2, y2], dim=1).float()
+
+    def get_box(self, index: int) -> tuple[float, float, float, float]:
+        """The object box ``(x, y, w, h)`` of sample ``index`` in pixels of the original image.
+
+        Raises:
+            ValueError: the layout has no ``bounding_boxes.txt``.
+        """
+        if self.boxes is None:
+            raise ValueError(f"no bounding_boxes.txt under {self.root}: this copy of CUB has no object boxes")
+        return self.boxes[index]
+
+
+@register_dataset("dogs")
+class StanfordDogs(ImageDataset):
+    """Stanford Dogs in its official layout.
+
+    ``root`` holds ``Images/<wnid>-<breed>/*.jpg`` and the split lists ``lists/train_list.mat`` and
+    ``lists/test_list.mat`` (also accepted directly under ``root``, as the ``lists.tar`` archive extracts),
+    each with ``file_list`` (paths relative to ``Images/``) and ``labels`` (1-based). Class ``k`` is the
+    ``k``-th class folder in sorted order, as in the official lists. Note that the Dogs images come from
+    ImageNet: ImageNet-pretrained backbones have seen its test images.
+
+    Args:
+        root: the Stanford Dogs folder.
+        split: ``"train"`` or ``"test"``.
+        transform: applied to the RGB PIL image.
+        skip_bad_files: skip unreadable images instead of raising (see :class:`ImageDataset`).
+        strict: raise on annotation problems (else record them in ``problems``).
+    """
+
+    name = "dogs"
+    splits = ("train", "test")
+    expected = [
+        "Images/<wnid>-<breed>/<image>.jpg",
+        "lists/train_list.mat  (or train_list.mat; fields file_list, labels 1-based)",
+        "lists/test_list.mat   (or test_list.mat)",
+    ]
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(root, split, transform, skip_bad_files=skip_bad_files, strict=strict)
+        root = self.root
+        list_name = f"{split}_list.mat"
+        list_file = next((p for p in (root / "lists" / list_name, root / list_name) if p.is_file()), None)
+        missing = ([] if (root / "Images").is_dir() else ["Images/"]) + ([] if list_file else [f"lists/{list_name}"])
+        if missing:
+            raise DatasetLayoutError(self.name, root, self.expected, missing)
+        raw_classes = sorted(d.name for d in (root / "Images").iterdir() if d.is_dir())
+        if not raw_classes:
+            raise DatasetLayoutError(self.name, root, self.expected, ["Images/<wnid>-<breed>/ (no class folders)"])
+
+        mat = _load_mat(list_file, self.name, root)
+        absent = [key for key in ("file_list", "labels") if key not in mat]
+        if absent:
+            raise DatasetIntegrityError(self.name, root, [f"{list_file}: no field(s) {absent} (has {sorted(mat)})"])
+        files = [str(np.ravel(entry)[0]) for entry in np.ravel(mat["file_list"])]
+        labels = [int(v) for v in np.ravel(mat["labels"])]
+        problems = []
+        if len(files) != len(labels):
+            problems.append(f"{list_file.name}: {len(files)} files but {len(labels)} labels")
+        samples = []
+        for rel, label in zip(files, labels, strict=False):
+            if not 1 <= label <= len(raw_classes):
+                problems.append(f"{list_file.name}: {rel} has label {label}, expected 1..{len(raw_classes)}")
+                continue
+            folder = rel.replace("\\", "/").split("/")[0]
+            if folder != raw_classes[label - 1]:
+                problems.append(
+                    f"{list_file.name}: {rel} has label {label} ({raw_classes[label - 1]}) but lies in folder {folder}"
+                )
+                continue
+            samples.append((str(root / "Images" / rel), label - 1))
+        classes = [_display_name(c, r"^n\d+-") for c in raw_classes]
+        self._set_samples(samples, classes, raw_classes, problems)
+
+
+@register_dataset("cars")
+class StanfordCars(ImageDataset):
+    """Stanford Cars through ``torchvision.datasets.StanfordCars``, in torchvision's layout.
+
+    ``root`` is the folder holding ``stanford_cars/`` (``stanford_cars`` itself is accepted too):
+    ``devkit/cars_meta.mat``, ``devkit/cars_train_annos.mat``, ``cars_train/``,
+    ``cars_test_annos_withlabels.mat`` and ``cars_test/``.
+
+    Args:
+        root: torchvision's root folder.
+        split: ``"train"`` or ``"test"``.
+        transform: applied to the RGB PIL image.
+        download: passed to torchvision (which can no longer download Cars: the original URL is gone).
+        skip_bad_files: skip unreadable images instead of raising (see :class:`ImageDataset`).
+        strict: raise on annotation problems (else record them in ``problems``).
+    """
+
+    name = "cars"
+    splits = ("train", "test")
+    expected = [
+        "stanford_cars/devkit/cars_meta.mat",
+        "stanford_cars/devkit/cars_train_annos.mat",
+        "stanford_cars/cars_train/<image>.jpg",
+        "stanford_cars/cars_test_annos_withlabels.mat",
+        "stanford_cars/cars_test/<image>.jpg",
+    ]
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        download: bool = False,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(root, split, transform, skip_bad_files=skip_bad_files, strict=strict)
+        self.root = root = _resolve_parent(self.root, "stanford_cars")
+        if not download:
+            annotations = "devkit/cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
+            required = ["devkit/cars_meta.mat", annotations, f"cars_{split}/"]
+            _require(self.name, root, self.expected, [f"stanford_cars/{r}" for r in required])
+        tv, samples = _torchvision_samples(tvd.StanfordCars, root=str(root), split=split, download=download)
+        self._set_samples(samples, [str(c) for c in tv.classes])
+
+
+@register_dataset("aircraft")
+class FGVCAircraft(ImageDataset):
+    """FGVC-Aircraft (2013b) through ``torchvision.datasets.FGVCAircraft``, in its official layout.
+
+    ``root`` holds ``fgvc-aircraft-2013b/data/`` (``fgvc-aircraft-2013b`` itself is accepted too) with
+    ``images/``, ``variants.txt`` / ``families.txt`` / ``manufacturers.txt`` and
+    ``images_<level>_<split>.txt``.
+
+    Args:
+        root: torchvision's root folder.
+        split: ``"train"``, ``"val"`` or ``"test"``. With ``merge_val=True`` (the usual fine-grained protocol,
+            6,667 training images) ``"train"`` is the official ``trainval`` list and ``"val"`` is refused.
+        transform: applied to the RGB PIL image.
+        annotation_level: ``"variant"`` (100 classes), ``"family"`` (70) or ``"manufacturer"`` (30).
+        merge_val: train on train + val.
+        download: let torchvision download the archive (about 2.6 GB) when absent.
+        skip_bad_files: skip unreadable images instead of raising (see :class:`ImageDataset`).
+        strict: raise on annotation problems (else record them in ``problems``).
+    """
+
+    name = "aircraft"
+    splits = ("train", "val", "test")
+    levels = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        annotation_level: str = "variant",
+        merge_val: bool = True,
+        download: bool = False,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(root, split, transform, skip_bad_files=skip_bad_files, strict=strict)
+        if annotation_level not in self.levels:
+            raise ValueError(f"annotation_level must be one of {list(self.levels)}, got {annotation_level!r}")
+        if split == "val" and merge_val:
+            raise ValueError("split 'val' is part of 'train' when merge_val=True; pass merge_val=False to get it")
+        self.root = root = _resolve_parent(self.root, "fgvc-aircraft-2013b")
+        self.annotation_level = annotation_level
+        tv_split = "trainval" if split == "train" and merge_val else split
+        list_name = f"images_{annotation_level}_{tv_split}.txt"
+        if not download:
+            data = "fgvc-aircraft-2013b/data/"
+            expected = [f"{data}images/<image_id>.jpg", f"{data}{self.levels[annotation_level]}", f"{data}{list_name}"]
+            _require(self.name, root, expected, [f"{data}images/", expected[1], expected[2]])
+        try:
+            tv, samples = _torchvision_samples(
+                tvd.FGVCAircraft,
+                root=str(root),
+                split=tv_split,
+                annotation_level=annotation_level,
+                download=download,
+            )
+        except KeyError as error:
+            problem = f"{list_name}: label {error} is not listed in {self.levels[annotation_level]}"
+            raise DatasetIntegrityError(self.name, root, [problem]) from None
+        self._set_samples(samples, list(tv.classes))
+
+
+@register_dataset("flowers")
+class Flowers102(ImageDataset):
+    """Oxford Flowers-102 in torchvision's layout: ``flowers-102/jpg/``, ``imagelabels.mat``, ``setid.mat``.
+
+    The files are read here with the same logic as ``torchvision.datasets.Flowers102`` (whose class names are
+    used), without torchvision's MD5 check of the two ``.mat`` files, so re-saved copies load too; this
+    class's own checks (ids, label range) still apply. ``download=True`` uses torchvision's download (with
+    its MD5 checks).
+
+    Args:
+        root: torchvision's root folder (holding ``flowers-102/``; ``flowers-102`` itself is accepted too).
+        split: ``"train"``, ``"val"`` or ``"test"``. With ``merge_val=True`` ``"train"`` is the official train
+            + val lists (2,040 images) and ``"val"`` is refused.
+        transform: applied to the RGB PIL image.
+        merge_val: train on train + val.
+        download: download the data with torchvision when absent.
+        skip_bad_files: skip unreadable images instead of raising (see :class:`ImageDataset`).
+        strict: raise on annotation problems (else record them in ``problems``).
+    """
+
+    name = "flowers"
+    splits = ("train", "val", "test")
+    expected = [
+        "flowers-102/jpg/image_NNNNN.jpg",
+        "flowers-102/imagelabels.mat  (labels, 1-based)",
+        "flowers-102/setid.mat        (trnid, valid, tstid)",
+    ]
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        merge_val: bool = True,
+        download: bool = False,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(root, split, transform, skip_bad_files=skip_bad_files, strict=strict)
+        if split == "val" and merge_val:
+            raise ValueError("split 'val' is part of 'train' when merge_val=True; pass merge_val=False to get it")
+        self.root = root = _resolve_parent(self.root, "flowers-102")
+        if download:
+            tvd.Flowers102(str(root), split="train", download=True)
+        base = root / "flowers-102"
+        _require(
+            self.name, root, self.expected, ["flowers-102/jpg/", "flowers-102/imagelabels.mat", "flowers-102/setid.mat"]
+        )
+        labels_mat = _load_mat(base / "imagelabels.mat", self.name, root)
+        set_ids = _load_mat(base / "setid.mat", self.name, root)
+        keys = {"train": ["trnid"] + (["valid"] if merge_val else []), "val": ["valid"], "test": ["tstid"]}[split]
+        absent = [f"setid.mat: {k}" for k in keys if k not in set_ids]
+        absent += [] if "labels" in labels_mat else ["imagelabels.mat: labels"]
+        if absent:
+            raise DatasetIntegrityError(self.name, root, [f"missing field {a}" for a in absent])
+        labels = [int(v) for v in np.ravel(labels_mat["labels"])]
+        classes = list(tvd.Flowers102.classes)
+        problems, samples = [], []
+        for image_id in (int(i) for k in keys for i in np.ravel(set_ids[k])):
+            if not 1 <= image_id <= len(labels):
+                problems.append(f"setid.mat: image id {image_id} has no label (imagelabels.mat has {len(labels)})")
+            elif not 1 <= labels[image_id - 1] <= len(classes):
+                problems.append(
+                    f"imagelabels.mat: image id {image_id} has label {labels[image_id - 1]}, expected 1..{len(classes)}"
+                )
+            else:
+                samples.append((str(base / "jpg" / f"image_{image_id:05d}.jpg"), labels[image_id - 1] - 1))
+        self._set_samples(samples, classes, problems=problems)
+
+
+@register_dataset("folder")
+class ImageFolderSplits(ImageDataset):
+    """A generic split-per-folder layout: ``root/train/<class>/*`` and ``root/val/<class>/*`` or
+    ``root/test/<class>/*``.
+
+    Classes are the folder names under ``train/``, sorted. ``"test"`` falls back to ``val/`` when there is no
+    ``test/`` and vice versa. A class folder in val/test that is not in train is a problem. Images are found
+    recursively inside each class folder, by extension (case-insensitive).
+
+    Args:
+        root: the folder holding ``train/`` and ``val/`` or ``test/``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        transform: applied to the RGB PIL image.
+        extensions: file name endings counted as images.
+        skip_bad_files: skip unreadable images instead of raising (see :class:`ImageDataset`).
+        strict: raise on annotation problems (else record them in ``problems``).
+
+    Attributes:
+        split_dir: the folder the split was read from.
+    """
+
+    name = "folder"
+    splits = ("train", "val", "test")
+    expected = ["train/<class>/<image>", "val/<class>/<image> or test/<class>/<image>"]
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        extensions: tuple[str, ...] = IMG_EXTENSIONS,
+        skip_bad_files: bool = False,
+        strict: bool = True,
+    ) -> None:
+        super().__init__(root, split, transform, skip_bad_files=skip_bad_files, strict=strict)
+        root = self.root
+        _require(self.name, root, self.expected, ["train/"])
+        raw_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not raw_classes:
+            raise DatasetLayoutError(self.name, root, self.expected, ["train/<class>/ (no class folders)"])
+        if split == "train":
+            self.split_dir = root / "train"
+        else:
+            candidates = [split, "val" if split == "test" else "test"]
+            found = next((c for c in candidates if (root / c).is_dir()), None)
+            if found is None:
+                raise DatasetLayoutError(self.name, root, self.expected, [f"{c}/" for c in candidates])
+            self.split_dir = root / found
+        class_index = {c: i for i, c in enumerate(raw_classes)}
+        suffixes = tuple(e.lower() for e in extensions)
+        problems, samples = [], []
+        for folder in sorted(d for d in self.split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            if folder.name not in class_index:
+                problems.append(
+                    f"{self.split_dir.name}/{folder.name}: class folder not in train/ (train has {len(raw_classes)})"
+                )
+                continue
+            for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                dirnames.sort()
+                samples += [
+                    (os.path.join(dirpath, f), class_index[folder.name])
+                    for f in sorted(filenames)
+                    if f.lower().endswith(suffixes) and not f.startswith(".")
+                ]
+        self._set_samples(samples, raw_classes, problems=problems)
+
+
+@register_dataset("synthetic")
+def _build_synthetic(
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    transform: Callable[[Any], Any] | None = None,
+    *,
+    num_samples: int | None = None,
+    num_classes: int = 8,
+    image_size: int = 96,
+    seed: int = 0,
+    cache: bool = False,
+) -> SyntheticFineGrained:
+    """The built-in synthetic set; ``num_samples`` defaults to 1000 for train and 500 otherwise."""
+    if num_samples is None:
+        num_samples = 1000 if split == "train" else 500
+    return SyntheticFineGrained(
+        num_samples,
+        num_classes=num_classes,
+        image_size=image_size,
+        seed=seed,
+        split=split,
+        transform=transform,
+        cache=cache,
+        root=None if root is None else str(root),
+    )

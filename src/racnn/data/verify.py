@@ -1,0 +1,249 @@
+"""``racnn data verify``: check a data set's layout, annotations and every image, and print a table.
+
+Usable from Python (:func:`verify_dataset`), from the CLI (``add_arguments`` / ``main``, wired as
+``racnn data verify``), or standalone: ``python -m racnn.data.verify --dataset cub --root PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from .datasets import DATASETS, build_dataset, dataset_names
+from .io import DatasetError, DatasetIntegrityError, DatasetLayoutError, check_image_file
+
+__all__ = ["SplitStats", "VerifyReport", "add_arguments", "main", "verify_dataset"]
+
+
+@dataclass
+class SplitStats:
+    """Counts for one split.
+
+    Attributes:
+        split: the split name.
+        num_images: number of images listed (bad files included).
+        num_classes_present: classes with at least one image.
+        fewest: ``(count, class name)`` of the class with the fewest images (0 when a class has none).
+        most: ``(count, class name)`` of the class with the most images.
+        num_bad: images that failed the check.
+    """
+
+    split: str
+    num_images: int
+    num_classes_present: int
+    fewest: tuple[int, str]
+    most: tuple[int, str]
+    num_bad: int = 0
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_dataset` found.
+
+    Attributes:
+        name: the data set name.
+        root: the root folder.
+        classes: the class names (empty when nothing could be read).
+        splits: per-split counts.
+        problems: layout and annotation problems, one line each.
+        bad_files: ``{path: reason}`` of images that failed to open or decode.
+    """
+
+    name: str
+    root: str
+    classes: list[str] = field(default_factory=list)
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    bad_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem and no bad file was found."""
+        return not self.problems and not self.bad_files
+
+    def format(self, max_bad_files: int = 50) -> str:
+        """The report as text: a table of splits, then bad files, problems and the verdict."""
+        lines = [f"Data set: {self.name}    root: {self.root}    classes: {len(self.classes)}", ""]
+        header = ("split", "images", "classes", "fewest per class", "most per class", "bad files")
+        rows = [
+            (
+                s.split,
+                str(s.num_images),
+                f"{s.num_classes_present}/{len(self.classes)}",
+                f"{s.fewest[0]} ({s.fewest[1]})",
+                f"{s.most[0]} ({s.most[1]})",
+                str(s.num_bad),
+            )
+            for s in self.splits.values()
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, tuple("-" * w for w in widths), *rows]:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        lines.append("")
+        if self.bad_files:
+            lines.append(f"Bad files ({len(self.bad_files)}):")
+            lines += [f"  {path}: {reason}" for path, reason in list(self.bad_files.items())[:max_bad_files]]
+            if len(self.bad_files) > max_bad_files:
+                lines.append(f"  ... and {len(self.bad_files) - max_bad_files} more")
+        else:
+            lines.append("Bad files: none")
+        if self.problems:
+            lines.append(f"Problems ({len(self.problems)}):")
+            lines += [f"  - {p}" for p in self.problems]
+        else:
+            lines.append("Problems: none")
+        issues = len(self.problems) + len(self.bad_files)
+        lines.append("Result: OK" if self.ok else f"Result: FAILED ({issues} issue(s))")
+        return "\n".join(lines)
+
+
+def _default_splits(name: str, root: str | os.PathLike | None, options: dict[str, Any]) -> list[str]:
+    if name == "folder":
+        found = [s for s in ("val", "test") if root is not None and (Path(root) / s).is_dir()]
+        return ["train", *(found or ["test"])]
+    splits = list(getattr(DATASETS[name], "splits", ("train", "test")))
+    if "val" in splits and options.get("merge_val", True):
+        splits.remove("val")
+    return splits
+
+
+def _split_stats(split: str, targets: list[int], classes: list[str], num_bad: int) -> SplitStats:
+    counts = Counter(targets)
+    per_class = [(counts[c], classes[c]) for c in range(len(classes))] or [(0, "-")]
+    fewest = min(per_class, key=lambda item: item[0])
+    most = max(per_class, key=lambda item: item[0])
+    return SplitStats(split, len(targets), sum(1 for n, _ in per_class if n), fewest, most, num_bad)
+
+
+def verify_dataset(
+    name: str,
+    root: str | os.PathLike | None,
+    splits: list[str] | None = None,
+    full: bool = True,
+    workers: int = 4,
+    **options: Any,
+) -> VerifyReport:
+    """Checks a data set: layout files, ids, labels, classes, and every image.
+
+    Args:
+        name: a name from :func:`racnn.data.dataset_names`.
+        root: the data set's root folder.
+        splits: the splits to check; default every split of the layout.
+        full: open every image with ``PIL.Image.verify`` and decode it fully; False only reads headers and end
+            markers (:func:`racnn.data.io.check_image_file`).
+        workers: threads used to check images.
+        **options: data set options passed to :func:`racnn.data.build_dataset` (``strict`` is forced off so
+            that every problem is listed instead of raised).
+
+    Returns:
+        The report; ``report.ok`` tells whether anything is wrong.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(dataset_names())}")
+    report = VerifyReport(name=name, root=str(root))
+    options = dict(options)
+    if name != "synthetic":
+        options.update(strict=False, skip_bad_files=False)
+    for split in splits or _default_splits(name, root, options):
+        try:
+            dataset = build_dataset(name, root, split, **options)
+        except DatasetLayoutError as error:
+            report.problems.append(f"[{split}] {error}")
+            continue
+        except DatasetIntegrityError as error:
+            report.problems += [f"[{split}] {p}" for p in error.problems]
+            continue
+        except (DatasetError, ValueError) as error:
+            report.problems.append(f"[{split}] {error}")
+            continue
+        report.classes = report.classes or list(dataset.classes)
+        report.problems += [p for p in getattr(dataset, "problems", []) if p not in report.problems]
+        num_bad = 0
+        paths = [path for path, _ in getattr(dataset, "samples", [])]
+        if paths:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                reasons = list(pool.map(partial(check_image_file, full=full), paths))
+            for path, reason in zip(paths, reasons, strict=True):
+                if reason is not None:
+                    report.bad_files[path] = reason
+                    num_bad += 1
+        report.splits[split] = _split_stats(split, list(dataset.targets), list(dataset.classes), num_bad)
+    return report
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``racnn data verify``'s arguments to ``parser``."""
+    parser.add_argument("--dataset", required=True, choices=dataset_names(), help="data set name")
+    parser.add_argument("--root", default=None, help="the data set's root folder")
+    parser.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "val", "test"),
+        help="split to check (repeatable); default: every split of the layout",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--full",
+        dest="full",
+        action="store_true",
+        default=True,
+        help="open every image with PIL verify and decode it fully (the default)",
+    )
+    mode.add_argument(
+        "--quick", dest="full", action="store_false", help="only read image headers and end markers (faster)"
+    )
+    parser.add_argument("--workers", type=int, default=4, help="threads used to check images")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=_parse_option,
+        metavar="KEY=VALUE",
+        help="data set option, e.g. annotation_level=family (repeatable)",
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs the check and prints the report; returns 0 when the data set is fine, 1 otherwise."""
+    if args.dataset != "synthetic" and not args.root:
+        print(f"error: --root is required for data set {args.dataset!r}", file=sys.stderr)
+        return 2
+    report = verify_dataset(
+        args.dataset, args.root, splits=args.split, full=args.full, workers=args.workers, **dict(args.option)
+    )
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m racnn.data.verify ...``."""
+    parser = argparse.ArgumentParser(prog="racnn data verify", description="Check a data set and its images.")
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
