@@ -1,0 +1,185 @@
+"""Differentiable attention crop-and-zoom (METHOD §2) and box helpers.
+
+A box is ``(tx, ty, tl)`` in normalised coordinates of the image it refers to: ``tx`` in units of the width,
+``ty`` in units of the height (origin top-left, x right, y down) and the half side ``tl`` in units of the
+shorter side, so every box is square in pixels. Pixel corners are ``x1 = tx * W - tl * min(H, W)``,
+``x2 = tx * W + tl * min(H, W)``, likewise for y with ``H``. Pixel ``p`` covers ``[p, p + 1)``; its centre is
+``p + 0.5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["AttentionCrop", "attention_crop", "boxes_to_xyxy", "compose_boxes", "xyxy_to_boxes"]
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"out_size must be a positive int or a pair (h, w) of positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_boxes(boxes: Tensor, width: int = 3, name: str = "boxes") -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != width:
+        raise ValueError(f"{name} must have shape (B, {width}), got {tuple(boxes.shape)}")
+    if not boxes.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
+
+
+def _scales(image_size: tuple[int, int] | None) -> tuple[float, float, float]:
+    """Multipliers (x, y, side) from normalised units to output units (pixels, or normalised if None)."""
+    if image_size is None:
+        return 1.0, 1.0, 1.0
+    height, width = image_size
+    return float(width), float(height), float(min(height, width))
+
+
+def boxes_to_xyxy(boxes: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+    """Convert ``(tx, ty, tl)`` boxes to corners ``(x1, y1, x2, y2)``.
+
+    Args:
+        boxes: ``(B, 3)`` boxes ``(tx, ty, tl)``, normalised.
+        image_size: ``(H, W)`` to get pixel corners; ``None`` for normalised corners (x by W, y by H), which
+            assumes a square image for the half side.
+
+    Returns:
+        ``(B, 4)`` corners ``(x1, y1, x2, y2)``.
+    """
+    _check_boxes(boxes)
+    sx, sy, side = _scales(image_size)
+    tx, ty, tl = boxes.unbind(-1)
+    half_x = tl * (side / sx)  # half side in units of W
+    half_y = tl * (side / sy)  # half side in units of H
+    xyxy = torch.stack([tx - half_x, ty - half_y, tx + half_x, ty + half_y], dim=-1)  # (B, 4) normalised
+    return xyxy * xyxy.new_tensor([sx, sy, sx, sy])
+
+
+def xyxy_to_boxes(xyxy: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+    """Convert square corners ``(x1, y1, x2, y2)`` to ``(tx, ty, tl)`` boxes (inverse of :func:`boxes_to_xyxy`).
+
+    The half side is taken from the x extent; for a box that is not square in pixels the y extent is ignored.
+
+    Args:
+        xyxy: ``(B, 4)`` corners, in pixels when ``image_size`` is given, else normalised (x by W, y by H).
+        image_size: ``(H, W)`` or ``None``.
+
+    Returns:
+        ``(B, 3)`` normalised boxes ``(tx, ty, tl)``.
+    """
+    _check_boxes(xyxy, width=4, name="xyxy")
+    sx, sy, side = _scales(image_size)
+    x1, y1, x2, y2 = xyxy.unbind(-1)
+    tx = (x1 + x2) / (2 * sx)
+    ty = (y1 + y2) / (2 * sy)
+    tl = (x2 - x1) / (2 * side)
+    return torch.stack([tx, ty, tl], dim=-1)
+
+
+def compose_boxes(boxes: Sequence[Tensor], image_size: tuple[int, int] | None = None) -> list[Tensor]:
+    """Express a chain of nested boxes in the coordinates of the first image.
+
+    Box ``s`` is given in the normalised coordinates of the (square) crop taken with box ``s - 1``; box 0 is in
+    the coordinates of the image. The result ``out[s]`` is box ``s`` in the image's coordinates, so cropping the
+    image with ``out[s]`` gives the same region as cropping recursively.
+
+    Args:
+        boxes: ``S`` tensors of shape ``(B, 3)``.
+        image_size: ``(H, W)`` of the first image; ``None`` means square. Crops are always square.
+
+    Returns:
+        ``S`` tensors of shape ``(B, 3)``; ``out[0]`` is ``boxes[0]``.
+    """
+    for box in boxes:
+        _check_boxes(box)
+    sx, sy, side = _scales(image_size)
+    out: list[Tensor] = []
+    for box in boxes:
+        if not out:
+            out.append(box)
+            continue
+        tx0, ty0, tl0 = out[-1].unbind(-1)  # outer box, image coordinates
+        tx, ty, tl = box.unbind(-1)  # inner box, outer crop's coordinates
+        crop_side = 2 * tl0 * side  # side of the outer crop in image units (pixels if image_size is given)
+        x = tx0 * sx - tl0 * side + tx * crop_side  # inner centre, image units
+        y = ty0 * sy - tl0 * side + ty * crop_side
+        out.append(torch.stack([x / sx, y / sy, tl * crop_side / side], dim=-1))
+    return out
+
+
+def attention_crop(images: Tensor, boxes: Tensor, out_size: int | Sequence[int], *, k: float = 10.0) -> Tensor:
+    """Crop square boxes out of a batch of images and zoom them, differentiably (METHOD §2).
+
+    Output pixel ``(i, j)`` samples the image at the pixel coordinates
+    ``x = x1 + (j + 0.5) * (x2 - x1) / out_w``, ``y = y1 + (i + 0.5) * (y2 - y1) / out_h`` with bilinear
+    interpolation (zeros outside the image), and is multiplied by the boxcar mask
+    ``M(x, y) = [h(x - x1) - h(x - x2)] * [h(y - y1) - h(y - y2)]``, ``h(t) = 1 / (1 + exp(-k t))``, evaluated at
+    the same points. Gradients reach ``images`` and ``boxes`` by autograd, through the sample positions and the
+    mask. The grid and mask are computed in at least float32 (a bfloat16 grid would be off by pixels); the
+    result has the dtype of ``images``.
+
+    Args:
+        images: ``(B, C, H, W)`` floating-point images.
+        boxes: ``(B, 3)`` boxes ``(tx, ty, tl)``, normalised (see the module docstring).
+        out_size: output size, ``int`` or ``(h, w)``.
+        k: steepness of the logistic per input pixel.
+
+    Returns:
+        ``(B, C, h, w)`` crops.
+    """
+    out_h, out_w = _pair(out_size)
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be a floating-point tensor, got {images.dtype}")
+    _check_boxes(boxes)
+    if boxes.shape[0] != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {boxes.shape[0]} boxes")
+    height, width = images.shape[-2:]
+
+    dtype = torch.promote_types(torch.promote_types(images.dtype, boxes.dtype), torch.float32)
+    boxes = boxes.to(device=images.device, dtype=dtype)
+    x1, y1, x2, y2 = boxes_to_xyxy(boxes, (height, width)).unbind(-1)  # each (B,), pixels
+
+    # Sample points in pixel coordinates, separable in x and y.
+    steps_x = (torch.arange(out_w, device=images.device, dtype=dtype) + 0.5) / out_w  # (w,)
+    steps_y = (torch.arange(out_h, device=images.device, dtype=dtype) + 0.5) / out_h  # (h,)
+    xs = x1[:, None] + steps_x * (x2 - x1)[:, None]  # (B, w)
+    ys = y1[:, None] + steps_y * (y2 - y1)[:, None]  # (B, h)
+
+    # Boxcar mask at the sample points; its outer product is only (B, h, w). There xs - x1 = (j + 0.5) * side / w,
+    # so the mask depends on the side alone (it dims the border samples of small boxes); the gradient w.r.t. the
+    # box position comes from the bilinear sampling.
+    mask_x = torch.sigmoid(k * (xs - x1[:, None])) - torch.sigmoid(k * (xs - x2[:, None]))  # (B, w)
+    mask_y = torch.sigmoid(k * (ys - y1[:, None])) - torch.sigmoid(k * (ys - y2[:, None]))  # (B, h)
+    mask = mask_y[:, None, :, None] * mask_x[:, None, None, :]  # (B, 1, h, w)
+
+    # grid_sample with align_corners=False maps -1 and 1 to the outer edges of the border pixels: x -> 2x/W - 1.
+    grid_x = (2.0 / width) * xs - 1.0  # (B, w)
+    grid_y = (2.0 / height) * ys - 1.0  # (B, h)
+    grid = torch.stack(
+        [grid_x[:, None, :].expand(-1, out_h, -1), grid_y[:, :, None].expand(-1, -1, out_w)], dim=-1
+    )  # (B, h, w, 2)
+    sampled = F.grid_sample(images.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (sampled * mask).to(images.dtype)  # (B, C, h, w)
+
+
+class AttentionCrop(nn.Module):
+    """See :func:`attention_crop`."""
+
+    def __init__(self, out_size: int | Sequence[int], k: float = 10.0) -> None:
+        super().__init__()
+        self.out_size = _pair(out_size)
+        self.k = float(k)
+
+    def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
+        return attention_crop(images, boxes, self.out_size, k=self.k)
+
+    def extra_repr(self) -> str:
+        return f"out_size={self.out_size}, k={self.k}"

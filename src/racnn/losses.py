@@ -1,0 +1,100 @@
+"""RA-CNN losses (METHOD §3, §4.2): per-scale cross-entropy, ranking loss, APN pre-training.
+
+Every function returns a dict of named scalar tensors; the training loop sums the ones its phase needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["apn_pretrain_loss", "apn_targets", "classification_losses", "ranking_losses"]
+
+
+def classification_losses(logits: Sequence[Tensor], target: Tensor, label_smoothing: float = 0.0) -> dict[str, Tensor]:
+    """Cross-entropy of every scale.
+
+    Args:
+        logits: S tensors ``(B, K)``.
+        target: ``(B,)`` class indices.
+        label_smoothing: passed to :func:`torch.nn.functional.cross_entropy`.
+
+    Returns:
+        ``{"cls1": ..., "cls2": ..., ...}``, scalars averaged over the batch.
+    """
+    return {f"cls{s + 1}": F.cross_entropy(x, target, label_smoothing=label_smoothing) for s, x in enumerate(logits)}
+
+
+def ranking_losses(logits: Sequence[Tensor], target: Tensor, margin: float = 0.05) -> dict[str, Tensor]:
+    """Pairwise ranking loss between consecutive scales: ``max(0, p_t(s) - p_t(s + 1) + margin)``.
+
+    ``p_t(s)`` is the softmax probability of the true class at scale s (probabilities, not logits: the margin
+    is in probability units). Minimising it makes every finer scale more confident than the coarser one.
+
+    Args:
+        logits: S tensors ``(B, K)``.
+        target: ``(B,)`` class indices.
+        margin: required gap in probability.
+
+    Returns:
+        ``{"rank1": ..., ..., "rank{S-1}": ...}``, scalars averaged over the batch.
+    """
+    dtype = torch.promote_types(logits[0].dtype, torch.float32)  # no softmax in half precision
+    p_true = [x.softmax(dim=1, dtype=dtype).gather(1, target[:, None]).squeeze(1) for x in logits]  # S x (B,)
+    return {f"rank{s + 1}": (p_true[s] - p_true[s + 1] + margin).clamp_min(0).mean() for s in range(len(logits) - 1)}
+
+
+@torch.no_grad()
+def apn_targets(feature_map: Tensor, side: float = 0.5) -> Tensor:
+    """Pre-training targets for an APN: the square where the conv map responds most (METHOD §4.2).
+
+    The response is the channel mean of the map; a box filter of ``side`` times the map's shorter side (rounded
+    to whole cells, at least one) sums it over every window position, and the best window's centre becomes the
+    box centre. The half side is ``side / 2``; the centre is clipped so that the box lies inside the image.
+
+    Args:
+        feature_map: ``(B, C, h, w)`` last conv map.
+        side: box side in units of the input's shorter side, in ``(0, 1]``.
+
+    Returns:
+        ``(B, 3)`` boxes ``(tx, ty, tl)``, normalised, no gradient.
+    """
+    if feature_map.dim() != 4:
+        raise ValueError(f"feature_map must have shape (B, C, h, w), got {tuple(feature_map.shape)}")
+    if not 0 < side <= 1:
+        raise ValueError(f"side must be in (0, 1], got {side}")
+    height, width = feature_map.shape[-2:]
+    short = min(height, width)
+    window = max(1, round(side * short))  # square in cells, as the box is square in pixels
+    response = feature_map.float().mean(dim=1, keepdim=True)  # (B, 1, h, w)
+    scores = F.avg_pool2d(response, window, stride=1)  # (B, 1, h - window + 1, w - window + 1)
+    best = scores.flatten(1).argmax(dim=1)  # (B,)
+    row, col = best // scores.shape[-1], best % scores.shape[-1]
+    ty = (row + window / 2) / height  # (B,) window centre
+    tx = (col + window / 2) / width
+    tl = torch.full_like(tx, side / 2)
+    # The half side in units of W and of H (the box is square in pixels).
+    half_x, half_y = side / 2 * short / width, side / 2 * short / height
+    tx = tx.clamp(half_x, 1 - half_x)
+    ty = ty.clamp(half_y, 1 - half_y)
+    return torch.stack([tx, ty, tl], dim=1).to(feature_map.dtype)  # (B, 3)
+
+
+def apn_pretrain_loss(boxes: Tensor, targets: Tensor, beta: float = 0.1) -> dict[str, Tensor]:
+    """Smooth-L1 regression of APN boxes onto :func:`apn_targets`.
+
+    Args:
+        boxes: ``(B, 3)`` APN boxes.
+        targets: ``(B, 3)`` target boxes.
+        beta: where smooth-L1 turns from quadratic to linear, in normalised units (boxes differ by at most 1,
+            so the default 1 of :func:`torch.nn.functional.smooth_l1_loss` would make it a plain squared error).
+
+    Returns:
+        ``{"apn_pre": ...}``, a scalar.
+    """
+    if boxes.shape != targets.shape:
+        raise ValueError(f"boxes {tuple(boxes.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    return {"apn_pre": F.smooth_l1_loss(boxes, targets.to(boxes.dtype), beta=beta)}

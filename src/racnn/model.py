@@ -1,0 +1,198 @@
+"""RA-CNN: per-scale classification networks linked by attention proposal networks (METHOD §1-2).
+
+Scale 1 sees the image. The APN of scale s reads scale s's last conv map and proposes a square box in scale s's
+input; scale s + 1 sees that box, zoomed to ``zoom_size``. Every zoomed input is sampled from the original
+image with the box composed through the chain, so it is as sharp as the image allows.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from racnn.backbones import build_backbone
+from racnn.crop import attention_crop, compose_boxes
+
+__all__ = ["APN", "RACNN", "RACNNOutput", "apn_boxes"]
+
+
+def apn_boxes(raw: Tensor, min_side: float) -> Tensor:
+    """Map raw APN outputs ``(a1, a2, a3)`` to boxes ``(tx, ty, tl)`` that are valid by construction.
+
+    ``tl = tl_min + (1/2 - tl_min) * sigmoid(a3)`` with ``tl_min = min_side / 2``, ``tx = tl + (1 - 2 tl) *
+    sigmoid(a1)``, ``ty = tl + (1 - 2 tl) * sigmoid(a2)``: the box lies inside the image and its side is at least
+    ``min_side``, for any finite input, without clamps (which would stop the gradient).
+
+    Args:
+        raw: ``(B, 3)`` unbounded outputs.
+        min_side: smallest box side, in units of the input side, in ``(0, 1]``.
+
+    Returns:
+        ``(B, 3)`` normalised boxes.
+    """
+    tl_min = min_side / 2
+    gates = torch.sigmoid(raw)  # (B, 3)
+    tl = tl_min + (0.5 - tl_min) * gates[:, 2]  # (B,)
+    centre = tl[:, None] + (1 - 2 * tl[:, None]) * gates[:, :2]  # (B, 2)
+    return torch.cat([centre, tl[:, None]], dim=1)  # (B, 3)
+
+
+class APN(nn.Module):
+    """Attention proposal network: conv map -> box in the coordinates of the map's input.
+
+    Adaptive average pooling to ``pool x pool`` makes it independent of the input size; then
+    fc -> tanh -> fc -> :func:`apn_boxes`.
+    """
+
+    def __init__(self, in_channels: int, pool: int = 7, hidden: int = 1024, min_side: float = 1 / 3) -> None:
+        super().__init__()
+        if not 0 < min_side <= 1:
+            raise ValueError(f"min_side must be in (0, 1], got {min_side}")
+        self.min_side = float(min_side)
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.fc1 = nn.Linear(in_channels * pool * pool, hidden)
+        self.fc2 = nn.Linear(hidden, 3)
+        # The first box is centred with the middle side (all sigmoids at 1/2). Small random weights, not zeros,
+        # so that fc1 gets a gradient from the first step.
+        nn.init.normal_(self.fc2.weight, std=1e-3)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, feature_map: Tensor) -> Tensor:
+        x = self.pool(feature_map).flatten(1)  # (B, C * pool * pool)
+        raw = self.fc2(torch.tanh(self.fc1(x)))  # (B, 3)
+        return apn_boxes(raw, self.min_side)  # (B, 3)
+
+
+@dataclass
+class RACNNOutput:
+    """What :meth:`RACNN.forward` returns; S is the number of scales.
+
+    Attributes:
+        logits: S tensors ``(B, K)``.
+        fused: ``"1+2"``, ``"1+2+3"``, ... -> ``(B, K)``, the fusion heads.
+        boxes: S - 1 tensors ``(B, 3)``; box s in the coordinates of scale s's input.
+        boxes_in_image: the same boxes composed into the coordinates of the image (scale 1's input).
+        crops: S inputs, ``crops[0]`` is the image, then ``(B, 3, zoom_size, zoom_size)``.
+        features: S pooled features ``(B, C)``.
+        feature_maps: S last conv maps ``(B, C, h, w)``.
+    """
+
+    logits: list[Tensor]
+    fused: dict[str, Tensor]
+    boxes: list[Tensor]
+    boxes_in_image: list[Tensor]
+    crops: list[Tensor]
+    features: list[Tensor]
+    feature_maps: list[Tensor]
+
+
+class RACNN(nn.Module):
+    """Recurrent attention CNN with ``num_scales`` scales.
+
+    Args:
+        backbone: backbone name (see :func:`racnn.backbones.list_backbones`).
+        num_classes: ``K``.
+        num_scales: ``S``, 2 to 4.
+        input_size: side of scale 1's input; recorded for transforms and export, not enforced by forward.
+        zoom_size: side of every zoomed input.
+        min_side: smallest APN box side, in units of its scale's input side.
+        apn_pool: the APN pools the conv map to ``apn_pool x apn_pool``.
+        apn_hidden: width of the APN's hidden layer.
+        mask_k: steepness of the crop's boxcar mask, per pixel of the image.
+        pretrained: see :func:`racnn.backbones.build_backbone`; all scales start from the same weights.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        num_classes: int = 200,
+        num_scales: int = 3,
+        input_size: int = 448,
+        zoom_size: int = 224,
+        min_side: float = 1 / 3,
+        apn_pool: int = 7,
+        apn_hidden: int = 1024,
+        mask_k: float = 10.0,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 2 <= num_scales <= 4:
+            raise ValueError(f"num_scales must be 2, 3 or 4, got {num_scales}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_scales = num_scales
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.zoom_size = zoom_size
+        self.mask_k = float(mask_k)
+
+        first = build_backbone(backbone, pretrained)
+        self.mean, self.std = first.mean, first.std
+        channels = first.out_channels
+        # Same initial weights at every scale, separate parameters.
+        self.backbones = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(num_scales - 1)])
+        self.apns = nn.ModuleList([APN(channels, apn_pool, apn_hidden, min_side) for _ in range(num_scales - 1)])
+        self.classifiers = nn.ModuleList([nn.Linear(channels, num_classes) for _ in range(num_scales)])
+        self.fusion = nn.ModuleDict(
+            {self.fusion_name(n): nn.Linear(n * channels, num_classes) for n in range(2, num_scales + 1)}
+        )
+
+    @staticmethod
+    def fusion_name(n: int) -> str:
+        """``"1+2+...+n"``, the key of the fusion head over the first ``n`` scales."""
+        return "+".join(str(s) for s in range(1, n + 1))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RACNN:
+        """Build from any object with the constructor's arguments as attributes (``racnn.config.ModelConfig``)."""
+        return cls(
+            backbone=cfg.backbone,
+            num_classes=cfg.num_classes,
+            num_scales=cfg.num_scales,
+            input_size=cfg.input_size,
+            zoom_size=cfg.zoom_size,
+            min_side=cfg.min_side,
+            apn_pool=cfg.apn_pool,
+            apn_hidden=cfg.apn_hidden,
+            mask_k=cfg.mask_k,
+            pretrained=cfg.pretrained,
+        )
+
+    def forward(self, images: Tensor) -> RACNNOutput:
+        image_size = (images.shape[-2], images.shape[-1])
+        crops, boxes, boxes_in_image = [images], [], []
+        logits, features, feature_maps = [], [], []
+        for s in range(self.num_scales):
+            feature_map = self.backbones[s](crops[s])  # (B, C, h, w)
+            pooled = feature_map.mean(dim=(2, 3))  # (B, C)
+            feature_maps.append(feature_map)
+            features.append(pooled)
+            logits.append(self.classifiers[s](pooled))  # (B, K)
+            if s + 1 < self.num_scales:
+                boxes.append(self.apns[s](feature_map))  # (B, 3), in crops[s]'s coordinates
+                boxes_in_image.append(compose_boxes(boxes, image_size)[-1])  # (B, 3)
+                crops.append(attention_crop(images, boxes_in_image[-1], self.zoom_size, k=self.mask_k))
+
+        normalised = [F.normalize(f, dim=1) for f in features]
+        fused = {
+            self.fusion_name(n): self.fusion[self.fusion_name(n)](torch.cat(normalised[:n], dim=1))  # (B, K)
+            for n in range(2, self.num_scales + 1)
+        }
+        return RACNNOutput(logits, fused, boxes, boxes_in_image, crops, features, feature_maps)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"cls"``: backbones, classifiers and fusion heads; ``"apn"``: the APNs. Disjoint and complete."""
+        cls_modules = [self.backbones, self.classifiers, self.fusion]
+        return {
+            "cls": [p for m in cls_modules for p in m.parameters()],
+            "apn": list(self.apns.parameters()),
+        }
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the fusion heads."""
+        return list(self.fusion.parameters())
