@@ -7,6 +7,7 @@ with ``torch.load(..., weights_only=True)``: no pickled code runs when a user op
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from racnn.config import Config, ConfigError, config_from_dict
 
-__all__ = ["CheckpointError", "FORMAT", "VERSION", "load_checkpoint", "load_model", "save_checkpoint"]
+__all__ = ["CheckpointError", "FORMAT", "VERSION", "config_of", "load_checkpoint", "load_model", "save_checkpoint"]
 
 FORMAT = "racnn-checkpoint"
 VERSION = 1
@@ -54,7 +55,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+            # torch's own message suggests weights_only=False: the wrong advice for a file from elsewhere.
+            reason = "it is not a checkpoint, or it holds objects other than tensors and plain types"
+        else:
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason} (refused by weights_only loading)") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a racnn checkpoint (expected a dict with format='{FORMAT}'); "
@@ -69,6 +75,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def config_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Config:
+    """The :class:`Config` stored in a loaded checkpoint."""
     try:
         return config_from_dict(ckpt["config"])
     except ConfigError as e:

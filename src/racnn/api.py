@@ -1,0 +1,348 @@
+"""Python inference API: ``racnn.load(checkpoint) -> Predictor``, ``Predictor.predict(images) -> [Prediction]``.
+
+>>> predictor = racnn.load("runs/cub/best.pt")
+>>> [p] = predictor.predict("bird.jpg", topk=3)
+>>> p.top.name, p.top.prob, p.boxes  # fused class, its probability, attention boxes in bird.jpg's pixels
+
+Inputs are preprocessed exactly as in evaluation (``racnn.data.build_transforms("test", ...)``): the shorter side
+is resized to ``round(input_size * resize_ratio)``, the centre ``input_size`` square is cut out and normalised
+with the backbone's mean and std.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from racnn.checkpoint import load_model
+from racnn.config import Config, resolve_device
+from racnn.crop import boxes_to_xyxy
+from racnn.data.io import load_image
+from racnn.data.transforms import build_transforms
+from racnn.visualize import draw_attention, eval_forward, tensor_to_pil
+
+__all__ = [
+    "ClassScore",
+    "ImageInput",
+    "Prediction",
+    "Predictor",
+    "fused_key",
+    "load",
+    "model_normalization",
+]
+
+ImageInput = Image.Image | str | os.PathLike | Tensor
+
+
+def fused_key(num_scales: int) -> str:
+    """Name of the fusion head over all scales, e.g. ``"1+2+3"``: the model's overall prediction."""
+    return "+".join(str(s + 1) for s in range(num_scales))
+
+
+def model_normalization(model: nn.Module) -> tuple[list[float], list[float]]:
+    """The ``(mean, std)`` the model's backbone expects its inputs normalised with."""
+    source = model if hasattr(model, "mean") else model.backbones[0]  # RACNN copies its backbone's
+    return [float(v) for v in source.mean], [float(v) for v in source.std]
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of a top-k list."""
+
+    index: int
+    name: str
+    prob: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "prob": self.prob}
+
+
+@dataclass
+class Prediction:
+    """What the model says about one image.
+
+    Attributes:
+        source: the file the image came from, or ``None`` for an in-memory image or tensor.
+        image_size: ``(width, height)`` of the original image.
+        scales: top-k of each scale's own classifier, scale 1 first.
+        fused: top-k of each fusion head, keyed ``"1+2"``, ``"1+2+3"``, ...
+        fused_key: the all-scale fusion head, whose top-k is the overall prediction.
+        boxes: one ``(x1, y1, x2, y2)`` box per zoomed scale (scale 2 first), in pixels of the ORIGINAL image
+            (the preprocessing's resize and centre crop undone). Not clipped: a box lies inside the centre crop,
+            which lies inside the image, so boxes are inside the image up to float rounding.
+        boxes_normalized: the same boxes as ``(tx, ty, tl)`` in the normalised coordinates of the scale-1 input
+            (the model's own ``boxes_in_image``).
+        crops: the zoomed input of each zoomed scale as PIL images, when asked for (``return_crops=True``).
+    """
+
+    source: str | None
+    image_size: tuple[int, int]
+    scales: list[list[ClassScore]]
+    fused: dict[str, list[ClassScore]]
+    fused_key: str
+    boxes: list[tuple[float, float, float, float]]
+    boxes_normalized: list[tuple[float, float, float]]
+    crops: list[Image.Image] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def topk(self) -> list[ClassScore]:
+        """The overall top-k: the all-scale fusion."""
+        return self.fused[self.fused_key]
+
+    @property
+    def top(self) -> ClassScore:
+        """The overall prediction: the all-scale fusion's best class."""
+        return self.topk[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (no crops). Scales are keyed ``"1"``, ``"2"``, ...; boxes by their scale."""
+
+        def scores(items: list[ClassScore]) -> list[dict[str, Any]]:
+            return [c.to_dict() for c in items]
+
+        return {
+            "file": self.source,
+            "image_size": list(self.image_size),
+            "prediction": self.top.to_dict(),
+            "topk": scores(self.topk),
+            "scales": {str(s + 1): scores(items) for s, items in enumerate(self.scales)},
+            "fused": {key: scores(items) for key, items in self.fused.items()},
+            "boxes": {str(s + 2): list(box) for s, box in enumerate(self.boxes)},
+            "boxes_normalized": {str(s + 2): list(box) for s, box in enumerate(self.boxes_normalized)},
+        }
+
+
+@dataclass
+class _Item:
+    tensor: Tensor  # (3, S, S) normalised
+    size: tuple[int, int]  # (W, H) of the original
+    source: str | None
+
+
+class Predictor:
+    """A model from a checkpoint, its preprocessing and its class names, ready to classify images.
+
+    Args:
+        model: an RA-CNN; put in eval mode.
+        config: the config stored with it.
+        class_names: one name per class.
+        device: where to run; default the model's device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        class_names: Sequence[str],
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.class_names = list(class_names)
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        self.mean, self.std = model_normalization(model)
+        self.input_size = config.model.input_size
+        self.transform: v2.Compose = build_transforms(
+            "test", self.input_size, self.mean, self.std, resize_ratio=config.data.resize_ratio
+        )
+        """Test-time preprocessing: PIL image, uint8 tensor or float tensor in [0, 1] -> ``(3, S, S)``."""
+
+    def __repr__(self) -> str:
+        m = self.config.model
+        return (
+            f"Predictor(backbone={m.backbone!r}, num_scales={m.num_scales}, input_size={m.input_size}, "
+            f"classes={len(self.class_names)}, device={self.device})"
+        )
+
+    # --------------------------------------------------------------------------------------------------------
+    # geometry of the preprocessing, read from the transform itself so the two cannot disagree
+
+    def _geometry(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """``(scale_x, scale_y, left, top)``: original pixel ``x = (x_input + left) * scale_x``, likewise y."""
+        new_w, new_h = width, height
+        left = top = 0.0
+        for step in self.transform.transforms:
+            if isinstance(step, v2.Resize):
+                short_target = step.size[0] if isinstance(step.size, (list, tuple)) else step.size
+                short, long = min(new_w, new_h), max(new_w, new_h)
+                resized_long = int(short_target * long / short)  # torchvision's rule
+                new_w, new_h = (short_target, resized_long) if new_w <= new_h else (resized_long, short_target)
+            elif isinstance(step, v2.CenterCrop):
+                crop_h, crop_w = step.size
+                top = int(round((new_h - crop_h) / 2.0))  # torchvision's anchor
+                left = int(round((new_w - crop_w) / 2.0))
+        return width / new_w, height / new_h, float(left), float(top)
+
+    def to_original(self, boxes_xyxy: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Map ``(N, 4)`` pixel boxes of the model's input back to the original image of size ``(W, H)``."""
+        sx, sy, left, top = self._geometry(*image_size)
+        offset = boxes_xyxy.new_tensor([left, top, left, top])
+        scale = boxes_xyxy.new_tensor([sx, sy, sx, sy])
+        return (boxes_xyxy + offset) * scale
+
+    # --------------------------------------------------------------------------------------------------------
+
+    def _expand(self, images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        """Flatten the input into single images (a ``(B, 3, H, W)`` tensor gives B), checking types and ranges."""
+        if isinstance(images, (list, tuple)):
+            return [single for image in images for single in self._expand(image)]
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            return [images]
+        if isinstance(images, Tensor):
+            if images.dim() == 3:
+                images = images[None]
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"tensor input must be (3, H, W) or (B, 3, H, W) RGB, got {tuple(images.shape)}")
+            if images.is_floating_point():
+                lo, hi = float(images.min()), float(images.max())
+                if lo < -1e-3 or hi > 1 + 1e-3:
+                    raise ValueError(
+                        f"tensor input must be un-normalised RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                        "pass the image before normalisation, the predictor normalises it"
+                    )
+            elif images.dtype != torch.uint8:
+                raise ValueError(f"tensor input must be float in [0, 1] or uint8, got {images.dtype}")
+            return list(images.cpu().unbind(0))
+        raise TypeError(
+            f"cannot predict on a {type(images).__name__}; pass a PIL image, a path, a (3, H, W) or "
+            "(B, 3, H, W) tensor, or a list of these"
+        )
+
+    def _prepare(self, image: ImageInput) -> _Item:
+        """Load (for a path) and preprocess one image."""
+        source = None
+        if isinstance(image, (str, os.PathLike)):
+            source = str(Path(image))
+            image = load_image(image)
+        if isinstance(image, Image.Image):
+            image = image if image.mode == "RGB" else image.convert("RGB")
+            return _Item(self.transform(image), image.size, source)
+        height, width = image.shape[-2:]
+        return _Item(self.transform(image), (int(width), int(height)), source)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        topk: int = 5,
+        *,
+        batch_size: int = 16,
+        return_crops: bool = False,
+    ) -> list[Prediction]:
+        """Classify images and report where each scale looked.
+
+        Args:
+            images: a PIL image, a path (``str`` or ``Path``), a ``(3, H, W)`` or ``(B, 3, H, W)`` tensor, or a list
+                of these. Tensors are UN-normalised RGB, float in [0, 1] (or uint8), any size: they are resized and
+                cropped like images.
+            topk: how many classes to report per scale and per fusion head (at most the number of classes).
+            batch_size: images per forward pass.
+            return_crops: also return each zoomed scale's input as PIL images (``Prediction.crops``).
+
+        Returns:
+            One :class:`Prediction` per image, in input order (a ``(B, 3, H, W)`` tensor counts as ``B``). The model
+            runs in eval mode even if someone switched ``predictor.model`` to training; its modes are restored.
+
+        Raises:
+            racnn.data.ImageLoadError: a path that is missing or not a readable image.
+        """
+        singles = self._expand(images)
+        k = max(1, min(topk, len(self.class_names)))
+        predictions: list[Prediction] = []
+        for start in range(0, len(singles), batch_size):  # load and preprocess one batch at a time
+            chunk = [self._prepare(image) for image in singles[start : start + batch_size]]
+            batch = torch.stack([item.tensor for item in chunk]).to(self.device)  # (B, 3, S, S)
+            out = eval_forward(self.model, batch)
+            predictions += self._decode(out, chunk, k, return_crops)
+        return predictions
+
+    def _decode(self, out: Any, chunk: list[_Item], k: int, return_crops: bool) -> list[Prediction]:
+        num_scales = len(out.logits)
+
+        def top(logits: Tensor) -> tuple[list[list[float]], list[list[int]]]:
+            probs, idx = logits.float().softmax(-1).topk(k, dim=-1)  # (B, k)
+            return probs.cpu().tolist(), idx.cpu().tolist()
+
+        def scores(probs: list[float], idx: list[int]) -> list[ClassScore]:
+            return [ClassScore(i, self._name(i), p) for p, i in zip(probs, idx, strict=True)]
+
+        scale_tops = [top(logits) for logits in out.logits]
+        fused_tops = {key: top(logits) for key, logits in out.fused.items()}
+        side = self.input_size
+        boxes_norm = [b.float().cpu() for b in out.boxes_in_image]  # S-1 x (B, 3)
+        boxes_px = [boxes_to_xyxy(b, (side, side)) for b in boxes_norm]  # S-1 x (B, 4), model-input pixels
+
+        result = []
+        for i, item in enumerate(chunk):
+            originals = self.to_original(torch.stack([b[i] for b in boxes_px]), item.size) if boxes_px else []
+            crops = None
+            if return_crops:
+                crops = [tensor_to_pil(out.crops[s][i], self.mean, self.std) for s in range(1, num_scales)]
+            result.append(
+                Prediction(
+                    source=item.source,
+                    image_size=item.size,
+                    scales=[scores(p[i], ix[i]) for p, ix in scale_tops],
+                    fused={key: scores(p[i], ix[i]) for key, (p, ix) in fused_tops.items()},
+                    fused_key=fused_key(num_scales),
+                    boxes=[tuple(b) for b in originals.tolist()] if boxes_px else [],
+                    boxes_normalized=[tuple(b[i].tolist()) for b in boxes_norm],
+                    crops=crops,
+                )
+            )
+        return result
+
+    def _name(self, index: int) -> str:
+        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
+
+    def draw(self, image: Image.Image, prediction: Prediction, max_side: int | None = None) -> Image.Image:
+        """The attention picture of one prediction on its original image (see :func:`racnn.visualize.draw_attention`).
+
+        Args:
+            image: the image the prediction was made on.
+            prediction: from ``predict(..., return_crops=True)`` on ``image``.
+            max_side: when the image's longer side exceeds it, draw a copy reduced to that side (boxes scaled
+                alike); ``None`` draws at the original size, so the boxes sit at ``prediction.boxes``.
+        """
+        if prediction.crops is None:
+            raise ValueError("this prediction has no crops; call predict(..., return_crops=True)")
+        boxes = prediction.boxes
+        if max_side is not None and max(image.size) > max_side:
+            factor = max_side / max(image.size)
+            image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))))
+            boxes = [tuple(v * factor for v in box) for box in boxes]
+        first = f"s1: {_caption(prediction.scales[0][0])}\nfused: {_caption(prediction.top)}"
+        captions = [first] + [f"s{s + 1}: {_caption(items[0])}" for s, items in enumerate(prediction.scales) if s]
+        return draw_attention(image, boxes, prediction.crops, captions)
+
+
+def _caption(score: ClassScore) -> str:
+    return f"{score.name} {score.prob:.2f}"
+
+
+def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Predictor:
+    """Load a checkpoint for inference.
+
+    Args:
+        checkpoint: a racnn checkpoint (loaded with ``weights_only=True``: no code in it runs).
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+
+    Returns:
+        A :class:`Predictor`.
+
+    Raises:
+        racnn.checkpoint.CheckpointError: the file is missing, not a racnn checkpoint, or does not fit the model
+            its config describes.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    model, cfg, class_names = load_model(checkpoint, map_location=device)
+    return Predictor(model, cfg, class_names, device=device)

@@ -1,0 +1,178 @@
+"""Classify images with a trained RA-CNN checkpoint.
+
+Arguments are image files or folders (expanded to the image files inside, sorted; --recursive to go into
+sub-folders). Prints one row per image: the fused (all-scale) top-1 class and probability, then each scale's
+top-1. --json prints one JSON object per line instead, with the top-k of every scale and fusion head and the
+attention boxes in pixels of the original image. --save-viz DIR writes an attention picture per image.
+
+A missing or unreadable image is reported on stderr (and as {"file": ..., "error": ...} with --json); the
+others are still classified. Exit status: 0 all images classified, 1 some failed, 2 usage error (e.g. a
+checkpoint that cannot be loaded).
+
+Example:
+  racnn predict --checkpoint runs/cub/best.pt photos/ --topk 3 --save-viz viz/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from racnn.checkpoint import CheckpointError
+from racnn.config import ConfigError, resolve_device
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_NAME_WIDTH = 24  # class names longer than this are cut in the table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
+    parser.add_argument(
+        "--topk", type=int, default=5, metavar="K", help="classes reported per scale with --json (default 5)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    parser.add_argument("--save-viz", metavar="DIR", help="write an attention picture (PNG) per image into DIR")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    parser.add_argument(
+        "--viz-max-side",
+        type=int,
+        default=1024,
+        metavar="PIXELS",
+        help="attention pictures of images larger than this are drawn reduced to it (default 1024; 0: never)",
+    )
+
+
+def expand_inputs(inputs: list[str], recursive: bool = False) -> list[tuple[Path, str | None]]:
+    """Files and folders -> ``[(path, error or None)]``; folders give their image files, sorted.
+
+    A path that does not exist, or a folder without images, is kept with its error so it is reported in order.
+    """
+    out: list[tuple[Path, str | None]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                out.append((path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder"))
+            out += [(p, None) for p in files]
+        elif path.exists():
+            out.append((path, None))
+        else:
+            out.append((path, "file not found"))
+    return out
+
+
+def viz_names(paths: list[Path]) -> list[str]:
+    """One unique PNG file name per input: ``<stem>.png``, then ``<stem>-2.png``, ... for repeated stems."""
+    seen: dict[str, int] = {}
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        stem = path.stem or "image"
+        count = seen.get(stem, 0)
+        name = f"{stem}.png"
+        while name in taken:
+            count += 1
+            name = f"{stem}-{count + 1}.png"
+        seen[stem] = count
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _cut(name: str, width: int) -> str:
+    return name if len(name) <= width else name[: width - 1] + "~"
+
+
+class _Table:
+    """Fixed-width rows, printed as they come: file, fused top-1, each scale's top-1."""
+
+    def __init__(self, files: list[str], class_names: list[str], num_scales: int) -> None:
+        self.file_width = max([len("file")] + [len(f) for f in files])
+        self.name_width = min(MAX_NAME_WIDTH, max(len(n) for n in class_names))
+        heads = ["fused"] + [f"scale {s + 1}" for s in range(num_scales)]
+        print(self._row("file", heads))
+
+    def _row(self, file: str, cells: list[str]) -> str:
+        width = self.name_width + 7  # name, a space, the probability as 0.123
+        return f"{file:<{self.file_width}}  " + "  ".join(f"{c:<{width}}" for c in cells).rstrip()
+
+    def add(self, file: str, prediction) -> None:
+        tops = [prediction.top] + [scores[0] for scores in prediction.scales]
+        print(self._row(file, [f"{_cut(t.name, self.name_width)} {t.prob:.3f}" for t in tops]), flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    from racnn.api import load
+    from racnn.data.io import ImageLoadError, load_image
+
+    if args.topk < 1 or args.batch_size < 1:
+        print("error: --topk and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        device = resolve_device(args.device)
+    except (ConfigError, RuntimeError) as e:  # torch.device("gpu") raises RuntimeError
+        print(f"error: --device {args.device}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        predictor = load(args.checkpoint, device=device)
+    except (CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    entries = expand_inputs(args.inputs, recursive=args.recursive)
+    names = viz_names([path for path, _ in entries])
+    viz_dir = Path(args.save_viz) if args.save_viz else None
+    if viz_dir is not None:
+        viz_dir.mkdir(parents=True, exist_ok=True)
+    table = None
+    if not args.json:
+        table = _Table([str(p) for p, _ in entries], predictor.class_names, predictor.config.model.num_scales)
+
+    failed = 0
+
+    def report_error(path: Path, reason: str) -> None:
+        nonlocal failed
+        failed += 1
+        print(f"error: {path}: {reason}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"file": str(path), "error": reason}), flush=True)
+
+    # Load and classify batch_size files at a time, reporting each file in input order.
+    for start in range(0, len(entries), args.batch_size):
+        chunk = entries[start : start + args.batch_size]
+        errors = [error for _, error in chunk]
+        images = {}
+        for i, (path, error) in enumerate(chunk):
+            if error is None:
+                try:
+                    images[i] = load_image(path)
+                except ImageLoadError as e:
+                    errors[i] = e.reason
+        found = predictor.predict(list(images.values()), topk=args.topk, return_crops=viz_dir is not None)
+        predictions = dict(zip(images, found, strict=True))
+        for i, (path, _) in enumerate(chunk):
+            if errors[i] is not None:
+                report_error(path, errors[i])
+                continue
+            prediction = predictions[i]
+            prediction.source = str(path)
+            record = prediction.to_dict()
+            if viz_dir is not None:
+                viz_path = viz_dir / names[start + i]
+                predictor.draw(images[i], prediction, args.viz_max_side or None).save(viz_path)
+                record["viz"] = str(viz_path)
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                table.add(str(path), prediction)
+
+    if failed:
+        print(f"{failed} of {len(entries)} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0
