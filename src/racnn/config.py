@@ -27,7 +27,9 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
+    "find_config",
     "load_config",
+    "recipe_names",
     "resolve_device",
     "save_config",
 ]
@@ -103,8 +105,10 @@ class TrainConfig:
     grad_accum: int = 1
     label_smoothing: float = 0.0
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
+    pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
     best_metric: str = "top1_fused"  # top1_fused | top1_s1 | top1_s2 | ...
+    eval_interval: int = 1  # test every N epochs of a phase (0: only at the end of each phase)
     rounds: int = 2
     warmup: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=1e-3))
     apn_pretrain: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-3, weight_decay=0.0))
@@ -248,6 +252,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.input_size and zoom_size must be at least 16, got {m.input_size}, {m.zoom_size}")
     if t.amp not in ("none", "bf16", "fp16"):
         raise ConfigError(f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
+    if not 0 < t.pretrain_side <= 1:
+        raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
+    if t.eval_interval < 0:
+        raise ConfigError(f"train.eval_interval must be >= 0, got {t.eval_interval}")
     if t.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
     for name in ("warmup", "apn_pretrain", "cls", "apn", "fusion"):
@@ -260,13 +268,30 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name}.epochs must be >= 0, got {phase.epochs}")
 
 
+RECIPES = Path(__file__).parent / "configs"
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped inside the package (``racnn train --config NAME``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` if it is a file, else the built-in recipe of that name (``paper_vgg19_cub``, ``configs/x.yaml``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    packaged = RECIPES / (path.stem + ".yaml")
+    if path.suffix in ("", ".yaml") and packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file not found: {path} (built-in recipes: {', '.join(recipe_names())})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    """Defaults, then the YAML file at ``path`` (a file or a built-in recipe name), then ``overrides``."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         with open(path) as f:
             loaded = yaml.safe_load(f)
         if loaded is not None and not isinstance(loaded, dict):

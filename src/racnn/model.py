@@ -178,7 +178,9 @@ class RACNN(nn.Module):
                 boxes_in_image.append(compose_boxes(boxes, image_size)[-1])  # (B, 3)
                 crops.append(attention_crop(images, boxes_in_image[-1], self.zoom_size, k=self.mask_k))
 
-        normalised = [F.normalize(f, dim=1) for f in features]
+        # L2-normalised as in the paper, times sqrt(C) so every component has unit RMS: the same directions, but
+        # the fusion fc then trains at ordinary learning rates (unit-length 1280-d features need weights ~35x larger).
+        normalised = [F.normalize(f, dim=1) * f.shape[1] ** 0.5 for f in features]
         fused = {
             self.fusion_name(n): self.fusion[self.fusion_name(n)](torch.cat(normalised[:n], dim=1))  # (B, K)
             for n in range(2, self.num_scales + 1)

@@ -1,0 +1,173 @@
+"""Checkpoints: atomic weights_only files, the run folder, exact resume (in process and after SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import racnn.engine as engine
+from racnn.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from racnn.config import RECIPES, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = RECIPES / "synthetic_tiny.yaml"
+TINY = [
+    "model.input_size=32",
+    "model.zoom_size=32",
+    "model.apn_pool=2",
+    "model.apn_hidden=16",
+    "data.synthetic_train=48",
+    "data.synthetic_test=20",
+    "data.synthetic_classes=4",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.hflip=true",  # random augmentation, so that resuming has to reproduce it
+    "data.resize_ratio=1.25",
+    "train.rounds=1",
+    "train.warmup.epochs=2",
+    "train.apn_pretrain.epochs=1",
+    "train.cls.epochs=1",
+    "train.apn.epochs=1",
+    "train.fusion.epochs=1",
+    "train.visualize=false",
+    "train.eval_interval=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads competing for cores make runs 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(tmp_path: Path, *extra: str):
+    return load_config(CONFIG, [*TINY, f"train.output_dir={tmp_path}", *extra])
+
+
+def test_save_is_atomic_and_loads_with_weights_only(tmp_path):
+    path = save_checkpoint(tmp_path / "a.pt", {"config": {}, "model": {"w": torch.ones(2)}, "state": {"epoch": 3}})
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temporary file left behind
+    ckpt = load_checkpoint(path)
+    assert ckpt["format"] == "racnn-checkpoint" and ckpt["state"]["epoch"] == 3
+    torch.save({"w": torch.ones(1)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not a racnn checkpoint"):
+        load_checkpoint(tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_run_folder_contents(tmp_path):
+    result = engine.fit(_config(tmp_path, "train.warmup.epochs=1", "train.visualize=true", "train.tensorboard=true"))
+    run = result.run_dir
+    assert run == tmp_path / "synthetic_tiny"
+    files = ["config.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.safetensors", "metrics.json"]
+    files += ["confusion.csv", "confusion.png", "attention_round0.png", "attention_round1.png"]
+    for name in files:
+        assert (run / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 and rows[0].startswith("phase,phase_index,round,epoch")
+    last = load_checkpoint(run / "last.pt")  # weights_only=True, RNG states and all
+    assert last["config"]["model"]["num_classes"] == 4  # resolved from the data set
+    assert last["class_names"][:2] == ["red-cyan horizontal", "red-cyan diagonal-down"]
+    assert last["state"]["phase_index"] == 5 and last["state"]["global_epoch"] == 5
+    assert set(last["rng"]) == {"torch", "cuda", "python", "numpy"}
+    best = load_checkpoint(run / "best.pt")
+    assert best["state"]["best"] == max(r["top1_fused"] for r in result.history)
+    model, cfg, names = load_model(run / "best.pt")
+    assert cfg.model.num_classes == 4 and names == last["class_names"]
+
+    from safetensors import safe_open
+
+    with safe_open(run / "model.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["config"])["model"]["num_classes"] == 4
+        assert torch.equal(f.get_tensor("classifiers.0.weight"), last["model"]["classifiers.0.weight"])
+    # A second run with the same name gets a fresh folder.
+    assert engine.fit(_config(tmp_path, "train.warmup.epochs=0", "train.rounds=0")).run_dir.name == "synthetic_tiny-1"
+
+
+def _interrupt_after(monkeypatch, epochs: set[int]) -> None:
+    """Ctrl-C right after the given global epochs have been saved."""
+    real = engine._Run._end_epoch
+
+    def end_epoch(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.state["global_epoch"] in epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine._Run, "_end_epoch", end_epoch)
+
+
+def test_resume_gives_identical_weights(tmp_path, monkeypatch, capsys):
+    straight = engine.fit(_config(tmp_path / "a"))
+    assert len(straight.history) == 6
+
+    _interrupt_after(monkeypatch, {1, 3})  # mid-warm-up (optimiser, scheduler restored), then at a phase boundary
+    cfg = _config(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg)
+    run = tmp_path / "b" / "synthetic_tiny"
+    assert f"racnn train --resume {run}" in capsys.readouterr().err
+    assert load_checkpoint(run / "last.pt")["state"]["global_epoch"] == 1
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(cfg, resume=run)
+    monkeypatch.undo()
+    # The rest with two persistent loader workers: the data must not depend on them.
+    resumed = engine.fit(_config(tmp_path / "b", "data.num_workers=2"), resume=run / "last.pt")
+
+    a = load_checkpoint(straight.run_dir / "last.pt")["model"]
+    b = load_checkpoint(run / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert resumed.metrics == straight.metrics
+    strip = [{k: v for k, v in row.items() if "images_per_s" not in k} for row in resumed.history]
+    assert strip == [{k: v for k, v in row.items() if "images_per_s" not in k} for row in straight.history]
+
+
+def test_data_does_not_depend_on_loader_workers(tmp_path):
+    """Augmentation is seeded per (seed, epoch, index): 0 or 2 worker processes give the same batches."""
+    train_set = engine.build_split(_config(tmp_path), "train", mean=[0.5] * 3, std=[0.5] * 3)
+    batches = []
+    for workers in (0, 2):
+        loader, sampler = engine.make_train_loader(train_set, 8, seed=3, num_workers=workers)
+        sampler.set_epoch(5)
+        batches.append([images for images, _ in loader])
+    assert all(torch.equal(x, y) for x, y in zip(*batches, strict=True))
+    sampler.set_epoch(6)
+    assert not torch.equal(next(iter(loader))[0], batches[0][0])
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path):
+    args = [sys.executable, "-m", "racnn", "train", "--config", str(CONFIG)]
+    for item in [*TINY, "data.synthetic_train=320", "train.warmup.epochs=3", f"train.output_dir={tmp_path}"]:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "synthetic_tiny"
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    saved = load_checkpoint(run / "last.pt")["state"]["global_epoch"]
+    assert 1 <= saved < 7
+
+    done = subprocess.run([sys.executable, "-m", "racnn", "train", "--resume", str(run)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = load_checkpoint(run / "last.pt")["state"]
+    assert [row["global_epoch"] for row in state["history"]] == list(range(1, 8))
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 7
