@@ -1,0 +1,104 @@
+"""racnn demo at reduced size, and every benchmark script at reduced size (columns and no crash; no speed or
+accuracy is asserted here: those are measured by the benchmarks themselves, docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_fixtures import make_cub
+from racnn.cli import main as cli_main
+from racnn.demo import accuracy_rows, demo_config, format_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_is_the_recipe_with_overrides():
+    cfg = demo_config(small=True, overrides=["train.seed=3"])
+    assert cfg.data.dataset == "synthetic" and cfg.model.num_scales == 3
+    assert cfg.train.seed == 3 and cfg.train.name == "demo"
+    assert cfg.data.synthetic_train == 240
+
+
+def test_accuracy_rows_and_table():
+    metrics = {"top1_s1": 0.5, "top5_s1": 0.9, "top1_s2": 0.75, "top5_s2": 1.0, "top1_1+2": 0.8, "top5_1+2": 1.0}
+    rows = accuracy_rows(metrics, {"top1": 0.6, "top5": 0.95}, num_scales=2)
+    assert [r[0] for r in rows] == ["scale 1", "scale 2", "fused 1+2", "baseline (1 scale)"]
+    assert rows[1][1:] == (75.0, 100.0)
+    table = format_table(rows)
+    assert "| scale 2 | 75.0 | 100.0 |" in table and table.count("\n") == len(rows) + 1
+
+
+@pytest.mark.slow
+def test_demo_small_prints_the_table_and_writes_its_files(tmp_path, capsys):
+    assert cli_main(["demo", "--small", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for row in (
+        "| scale 1 |",
+        "| scale 2 |",
+        "| scale 3 |",
+        "| fused 1+2 |",
+        "| fused 1+2+3 |",
+        "| baseline (1 scale) |",
+    ):
+        assert row in out
+    run = tmp_path / "demo"
+    assert f"wrote {run}" in out
+    for name in (
+        "demo_table.md",
+        "demo_summary.json",
+        "curves.png",
+        "metrics.csv",
+        "best.pt",
+        "last.pt",
+        "config.yaml",
+    ):
+        assert (run / name).is_file(), name
+    assert list(run.glob("attention_round*.png"))
+    assert (run / "demo_table.md").read_text().startswith("| model | top-1 % | top-5 % |")
+
+
+def _run(*args: str, timeout: int = 300) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_bench_crop_reduced():
+    out = _run("benchmarks/bench_crop.py", "--batch", "2", "--size", "48", "--out", "24", "--warmup", "1",
+               "--repeats", "2", "--threads", "1")  # fmt: skip
+    assert "| method |" in out and "attention_crop" in out and "per-sample reference" in out
+
+
+def test_bench_data_reduced(tmp_path):
+    root = make_cub(tmp_path / "CUB_200_2011", per_class=8)
+    out = _run("benchmarks/bench_data.py", "--data", str(root), "--size", "64", "--workers", "0",
+               "--batch-size", "2", "--batches", "1")  # fmt: skip
+    assert "| workers |" in out and "images/s" in out
+
+
+@pytest.mark.slow
+def test_bench_train_reduced():
+    out = _run("benchmarks/bench_train.py", "--backbone", "tiny", "--input-size", "64", "--zoom-size", "48",
+               "--classes", "5", "--steps", "1", "--images", "1", "--modes", "fp32")  # fmt: skip
+    assert "fp32" in out and "images/s" in out
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_reduced(tmp_path):
+    root = make_cub(tmp_path / "CUB_200_2011", per_class=4)
+    settings = [
+        "model.backbone=tiny", "model.pretrained=null", "model.input_size=64", "model.zoom_size=48",
+        "model.apn_hidden=32", "data.num_workers=0", "data.batch_size=8", "train.channels_last=false",
+        "train.max_steps_per_epoch=2", "train.visualize=false", "train.progress=false",
+    ]  # fmt: skip
+    args = ["benchmarks/accuracy.py", "--data", str(root), "--output-dir", str(tmp_path / "runs")]
+    out = _run(*args, *[a for s in settings for a in ("--set", s)])
+    assert "| model | top-1 % | top-5 % | wall time |" in out
+    for row in ("| baseline (1 scale", "| RA-CNN scale 1 |", "| RA-CNN scale 3 |", "| RA-CNN fused 1+2+3 |"):
+        assert row in out
