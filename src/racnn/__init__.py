@@ -1,9 +1,10 @@
 """racnn: RA-CNN (Recurrent Attention CNN, CVPR 2017) for fine-grained recognition.
 
-import racnn
-predictor = racnn.load("runs/demo/best.pt")
-prediction = predictor.predict("bird.jpg")[0]
-prediction.top, prediction.boxes  # the fused answer; attention boxes in the image's pixels
+Example:
+    >>> import racnn
+    >>> predictor = racnn.load("runs/demo/best.pt")  # doctest: +SKIP
+    >>> prediction = predictor.predict("bird.jpg")[0]  # doctest: +SKIP
+    >>> prediction.top, prediction.boxes  # the fused answer; attention boxes in pixels  # doctest: +SKIP
 """
 
 from racnn.api import Prediction, Predictor, load
