@@ -14,15 +14,6 @@ from torch.utils.data import DataLoader
 from racnn.data import SyntheticFineGrained, build_dataset, build_transforms
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny CPU work is faster (and not slowed by other processes) on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_same_seed_same_tensors_in_any_order():
     a = SyntheticFineGrained(20, seed=3)
     b = SyntheticFineGrained(20, seed=3)
