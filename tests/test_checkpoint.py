@@ -95,6 +95,15 @@ def test_run_folder_contents(tmp_path):
     assert engine.fit(_config(tmp_path, "train.warmup.epochs=0", "train.rounds=0")).run_dir.name == "synthetic_tiny-1"
 
 
+@pytest.mark.parametrize(("interval", "tested"), [(1, [1, 2, 3, 4, 5, 6]), (2, [2, 3, 4, 5, 6]), (0, [2, 3, 4, 5, 6]), (-1, [6])])
+def test_eval_interval_decides_after_which_epochs_the_test_set_runs(tmp_path, interval, tested):
+    """Schedule: warm-up 2, APN pre-training 1, cls 1, APN 1, fusion 1 (global epochs 1-6)."""
+    result = engine.fit(_config(tmp_path, f"train.eval_interval={interval}", "train.visualize=false"))
+    assert [row["global_epoch"] for row in result.history if "top1_fused" in row] == tested
+    assert result.metrics["top1_fused"] == result.history[-1]["top1_fused"]  # the final test is always there
+    assert (result.run_dir / "metrics.json").is_file() and (result.run_dir / "best.pt").is_file()
+
+
 def _interrupt_after(monkeypatch, epochs: set[int]) -> None:
     """Ctrl-C right after the given global epochs have been saved."""
     real = engine._Run._end_epoch

@@ -38,6 +38,7 @@ def test_yaml_then_overrides(tmp_path):
         ("train.cls.optimizer=adam", "train.cls.optimizer must be sgd or adamw"),
         ("model.num_scales=5", "model.num_scales must be 2, 3 or 4"),
         ("train.pretrain_side=0", "train.pretrain_side must be in"),
+        ("train.eval_interval=-2", "train.eval_interval must be -1, 0 or positive"),
         ("margin", "not of the form key=value"),
     ],
 )

@@ -108,7 +108,7 @@ class TrainConfig:
     pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
     best_metric: str = "top1_fused"  # top1_fused | top1_s1 | top1_s2 | ...
-    eval_interval: int = 1  # test every N epochs of a phase (0: only at the end of each phase)
+    eval_interval: int = 1  # test every N epochs of a phase; 0: at each phase's end only; -1: at the run's end only
     rounds: int = 2
     warmup: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=1e-3))
     apn_pretrain: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-3, weight_decay=0.0))
@@ -254,8 +254,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
     if not 0 < t.pretrain_side <= 1:
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
-    if t.eval_interval < 0:
-        raise ConfigError(f"train.eval_interval must be >= 0, got {t.eval_interval}")
+    if t.eval_interval < -1:
+        raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
     if t.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
     for name in ("warmup", "apn_pretrain", "cls", "apn", "fusion"):

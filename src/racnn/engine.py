@@ -981,8 +981,9 @@ class _Run:
         row = {"phase": kind, "phase_index": index, "round": round_index, "epoch": epoch + 1}
         row["global_epoch"] = self.state["global_epoch"]
         row.update({f"train_{k}": v for k, v in stats.items()})
-        if last or (interval > 0 and (epoch + 1) % interval == 0):
-            self.metrics = self._evaluate(final=last and index + 1 == len(self.schedule))
+        final = last and index + 1 == len(self.schedule)
+        if final or (last and interval >= 0) or (interval > 0 and (epoch + 1) % interval == 0):
+            self.metrics = self._evaluate(final=final)
             row.update(scalar_metrics(self.metrics))
         self.history.append(row)
         if self.main:
