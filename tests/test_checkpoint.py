@@ -95,7 +95,9 @@ def test_run_folder_contents(tmp_path):
     assert engine.fit(_config(tmp_path, "train.warmup.epochs=0", "train.rounds=0")).run_dir.name == "synthetic_tiny-1"
 
 
-@pytest.mark.parametrize(("interval", "tested"), [(1, [1, 2, 3, 4, 5, 6]), (2, [2, 3, 4, 5, 6]), (0, [2, 3, 4, 5, 6]), (-1, [6])])
+@pytest.mark.parametrize(
+    ("interval", "tested"), [(1, [1, 2, 3, 4, 5, 6]), (2, [2, 3, 4, 5, 6]), (0, [2, 3, 4, 5, 6]), (-1, [6])]
+)
 def test_eval_interval_decides_after_which_epochs_the_test_set_runs(tmp_path, interval, tested):
     """Schedule: warm-up 2, APN pre-training 1, cls 1, APN 1, fusion 1 (global epochs 1-6)."""
     result = engine.fit(_config(tmp_path, f"train.eval_interval={interval}", "train.visualize=false"))
