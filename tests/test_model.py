@@ -180,3 +180,26 @@ def test_forward_traces_without_data_dependent_control_flow():
     images = 3 * torch.randn(4, 3, 64, 64)  # another batch size, other boxes
     for got, expected in zip(traced(images), flat(images), strict=True):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("num_scales", [2, 3])
+def test_fusion_heads_start_as_the_sum_of_the_scales_classifiers(num_scales):
+    torch.manual_seed(0)
+    model = RACNN("tiny", 5, num_scales, input_size=32, zoom_size=32, apn_pool=2, apn_hidden=8).eval()
+    for classifier in model.classifiers:  # biases too, so that the bias sum is checked
+        torch.nn.init.normal_(classifier.bias)
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(image)
+        model.init_fusion_from_classifiers(before.features)  # one image: its norms are the batch means, exact
+        after = model(image)
+    for n in range(2, num_scales + 1):
+        expected = sum(after.logits[:n])
+        torch.testing.assert_close(after.fused[model.fusion_name(n)], expected, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(before.fused[model.fusion_name(n)], expected, atol=1e-2)
+    # On a batch the norms vary: the heads stay close to the sum and rank the classes alike.
+    batch = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        out = model(batch)
+    fused, summed = out.fused[model.fusion_name(num_scales)], sum(out.logits)
+    assert (fused.argmax(1) == summed.argmax(1)).float().mean() >= 0.75

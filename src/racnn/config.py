@@ -115,6 +115,7 @@ class TrainConfig:
     cls: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=2, lr=1e-3))
     apn: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-3, weight_decay=0.0))
     fusion: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-2))
+    fusion_init: str = "classifiers"  # classifiers: fusion heads start as the sum of the scales' classifiers | random
     progress: bool = True  # tqdm bars
     tensorboard: bool = True  # when the tensorboard package is installed
     visualize: bool = True  # attention grid after each round and curves.png
@@ -256,6 +257,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
     if t.eval_interval < -1:
         raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
+    if t.fusion_init not in ("classifiers", "random"):
+        raise ConfigError(f"train.fusion_init must be classifiers or random, got '{t.fusion_init}'")
     if t.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
     for name in ("warmup", "apn_pretrain", "cls", "apn", "fusion"):

@@ -945,6 +945,8 @@ class _Run:
         _, steps = steps_per_epoch(self.train_loader, self.cfg.train)
         scheduler = build_scheduler(optimizer, phase, steps * phase.epochs)
         first_epoch = self._restore(optimizer, scheduler)
+        if kind == "fusion" and first_epoch == 0 and self.cfg.train.fusion_init == "classifiers":
+            self._init_fusion()
         net = self._wrap(kind)
         where = _phase_label(index, len(self.schedule), kind, round_index)
         for epoch in range(first_epoch, phase.epochs):
@@ -956,6 +958,18 @@ class _Run:
             stats = EPOCH_FUNCTIONS[kind](self.model, self.train_loader, optimizer, scheduler, ctx, net=net)
             self._end_epoch(index, epoch, stats, optimizer, scheduler)
         self._end_phase(index)
+
+    def _init_fusion(self) -> None:
+        """``train.fusion_init=classifiers``: the fusion heads start as the sum of the scales' classifiers, scaled
+        by the feature norms of the first 32 training images (the same images on every process and on resume)."""
+        data = self.train_loader.dataset
+        items = [data[(self.state["global_epoch"], i)] for i in range(min(len(data), 32))]
+        images = torch.stack([item[0] for item in items])
+        ctx = StepContext(self.device, self.cfg.train)
+        images, _ = ctx.to_device(images, torch.zeros(0))
+        with torch.no_grad(), ctx.autocast():
+            out = self.model(images)
+        self.model.init_fusion_from_classifiers(out.features)
 
     def _restore(self, optimizer, scheduler) -> int:
         """The epoch to start the phase at: 0, or, for the first phase of a resumed run, the saved one (with the

@@ -195,6 +195,26 @@ class RACNN(nn.Module):
             "apn": list(self.apns.parameters()),
         }
 
+    @torch.no_grad()
+    def init_fusion_from_classifiers(self, features: list[Tensor]) -> None:
+        """Start every fusion head as the sum of its scales' classifiers: the ensemble of the scales.
+
+        A fusion head reads ``normalise(f_s) * sqrt(C)`` where scale s's classifier reads ``f_s``. With ``r_s``
+        the mean of ``|f_s| / sqrt(C)`` over a batch, the head's block for scale s becomes ``r_s W_s`` and its
+        bias ``sum_s b_s``, so its logits are the sum of the scales' logits: exactly for a feature of norm
+        ``sqrt(C) r_s``, closely for the others.
+
+        Args:
+            features: one ``(B, C)`` batch of pooled features per scale (``RACNNOutput.features``).
+        """
+        channels = features[0].shape[1]
+        ratios = [f.float().norm(dim=1).mean() / channels**0.5 for f in features]
+        for n in range(2, self.num_scales + 1):
+            head = self.fusion[self.fusion_name(n)]
+            blocks = [self.classifiers[s].weight * ratios[s] for s in range(n)]
+            head.weight.copy_(torch.cat(blocks, dim=1))
+            head.bias.copy_(sum(self.classifiers[s].bias for s in range(n)))
+
     def fusion_parameters(self) -> list[nn.Parameter]:
         """Parameters of the fusion heads."""
         return list(self.fusion.parameters())
