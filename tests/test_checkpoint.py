@@ -180,3 +180,19 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
     state = load_checkpoint(run / "last.pt")["state"]
     assert [row["global_epoch"] for row in state["history"]] == list(range(1, 8))
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 7
+
+
+@pytest.mark.parametrize("init", ["classifiers", "random"])
+def test_fusion_phase_starts_from_the_summed_classifiers(tmp_path, init):
+    """With a zero learning rate the fusion phase leaves its heads where ``train.fusion_init`` put them."""
+    result = engine.fit(_config(tmp_path, f"train.fusion_init={init}", "train.fusion.lr=0", "train.eval_interval=-1"))
+    weights = load_checkpoint(result.run_dir / "last.pt")["model"]
+    head = weights["fusion.1+2+3.weight"]  # (K, 3C)
+    blocks = head.chunk(3, dim=1)
+    for s, block in enumerate(blocks):
+        w = weights[f"classifiers.{s}.weight"]
+        ratio = (block * w).sum() / w.square().sum()  # the least-squares scale of block s onto classifier s
+        assert torch.allclose(block, ratio * w, atol=1e-6) == (init == "classifiers")
+        assert ratio > 0 or init == "random"
+    bias_sum = sum(weights[f"classifiers.{s}.bias"] for s in range(3))
+    assert torch.allclose(weights["fusion.1+2+3.bias"], bias_sum) == (init == "classifiers")
