@@ -2,8 +2,9 @@
 
 Trains the single-scale baseline (same backbone, pre-trained weights, scale-1 input size, classification epochs
 and seed) and RA-CNN with a recipe (default: cpu_lite0_cub50, EfficientNet-Lite0 ImageNet weights),
-prints one table (baseline, scale 1, 2, 3, fused 1+2, 1+2+3; top-1 and top-5; wall time) and, with --record,
-appends it to docs/BENCHMARKS.md with the command, the machine and the date.
+prints one table (baseline, scale 1, 2, 3, fused 1+2, 1+2+3, the parameter-free mean of the scales'
+probabilities; top-1 and top-5; wall time) and, with --record, appends it to docs/BENCHMARKS.md with the
+command, the machine and the date.
 
     python benchmarks/accuracy.py --data ../shared/data/cub50 --record
     python benchmarks/accuracy.py --data /data/CUB_200_2011 --config paper_vgg19_cub
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in range(2, cfg.model.num_scales + 1):
         head = "+".join(str(s) for s in range(1, n + 1))
         rows.append((f"RA-CNN fused {head}", 100 * m[f"top1_{head}"], 100 * m[f"top5_{head}"], ""))
+    rows.append(("RA-CNN mean of the scales' probabilities", 100 * m["top1_avg"], 100 * m["top5_avg"], ""))
 
     text = table(rows)
     print(text)
