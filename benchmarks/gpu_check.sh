@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-.gpu/cub50}
-EPOCHS=${2:-2}
+EPOCHS=${2:-3}
 export PYTHONPATH="src:.gpu${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 exec timeout 470 python3 - "$DATA" "$EPOCHS" <<'PY'
@@ -26,7 +26,7 @@ cfg = load_config("cpu_lite0_cub50", [
     f"data.root={data}", "model.input_size=448", "model.zoom_size=224", "train.device=cuda",
     "train.amp=bf16", "train.channels_last=true", "data.batch_size=16", "data.eval_batch_size=64",
     "data.num_workers=8", "train.output_dir=/tmp/racnn_gpu", "train.progress=false", "train.rounds=1",
-    f"train.warmup.epochs={epochs}", f"train.cls.epochs={epochs}", "train.apn.epochs=1",
+    f"train.cls.epochs={epochs}", "train.apn.epochs=1",
     "train.apn_pretrain.epochs=1", "train.fusion.epochs=1",
 ])
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
