@@ -961,9 +961,11 @@ class _Run:
 
     def _init_fusion(self) -> None:
         """``train.fusion_init=classifiers``: the fusion heads start as the sum of the scales' classifiers, scaled
-        by the feature norms of the first 32 training images (the same images on every process and on resume)."""
+        by the feature norms of the first 32 training images (at most one test batch; the same images on every
+        process and on resume)."""
         data = self.train_loader.dataset
-        items = [data[(self.state["global_epoch"], i)] for i in range(min(len(data), 32))]
+        count = min(len(data), 32, self.cfg.data.eval_batch_size)
+        items = [data[(self.state["global_epoch"], i)] for i in range(count)]
         images = torch.stack([item[0] for item in items])
         ctx = StepContext(self.device, self.cfg.train)
         images, _ = ctx.to_device(images, torch.zeros(0))
