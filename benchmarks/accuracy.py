@@ -26,6 +26,7 @@ import torch
 
 from racnn.config import load_config
 from racnn.engine import fit, train_baseline
+from racnn.model import RACNN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in range(1, cfg.model.num_scales + 1):
         rows.append((f"RA-CNN scale {s}", 100 * m[f"top1_s{s}"], 100 * m[f"top5_s{s}"], wall if s == 1 else ""))
     for n in range(2, cfg.model.num_scales + 1):
-        head = "+".join(str(s) for s in range(1, n + 1))
+        head = RACNN.fusion_name(n)
         rows.append((f"RA-CNN fused {head}", 100 * m[f"top1_{head}"], 100 * m[f"top5_{head}"], ""))
     rows.append(("RA-CNN mean of the scales' probabilities", 100 * m["top1_avg"], 100 * m["top5_avg"], ""))
 

@@ -19,6 +19,7 @@ import sys, time
 import torch
 from racnn.config import load_config
 from racnn.engine import fit
+from racnn.model import RACNN
 
 data, epochs = sys.argv[1], int(sys.argv[2])
 assert torch.cuda.is_available(), "no CUDA device visible"
@@ -41,7 +42,7 @@ print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB; 
 m = result.metrics
 print("\n| head | top-1 % | top-5 % |\n|---|---:|---:|")
 heads = [f"s{s}" for s in range(1, cfg.model.num_scales + 1)]
-heads += ["+".join(str(s) for s in range(1, n + 1)) for n in range(2, cfg.model.num_scales + 1)]
+heads += [RACNN.fusion_name(n) for n in range(2, cfg.model.num_scales + 1)]
 for h in heads:
     print(f"| {h} | {100 * m[f'top1_{h}']:.1f} | {100 * m[f'top5_{h}']:.1f} |")
 PY

@@ -27,6 +27,7 @@ from racnn.config import Config, resolve_device
 from racnn.crop import boxes_to_xyxy
 from racnn.data.io import load_image
 from racnn.data.transforms import build_transforms
+from racnn.model import RACNN
 from racnn.visualize import draw_attention, eval_forward, tensor_to_pil
 
 __all__ = [
@@ -44,7 +45,7 @@ ImageInput = Image.Image | str | os.PathLike | Tensor
 
 def fused_key(num_scales: int) -> str:
     """Name of the fusion head over all scales, e.g. ``"1+2+3"``: the model's overall prediction."""
-    return "+".join(str(s + 1) for s in range(num_scales))
+    return RACNN.fusion_name(num_scales)
 
 
 def model_normalization(model: nn.Module) -> tuple[list[float], list[float]]:

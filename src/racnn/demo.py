@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from racnn.config import Config, ConfigError, load_config
+from racnn.model import RACNN
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
 # scales, the paper's schedule, 800 training images (with many more, scale 1 alone also learns the task). Every
@@ -45,7 +46,7 @@ def accuracy_rows(metrics: dict[str, Any], baseline: dict[str, Any], num_scales:
     """Rows ``(name, top-1 %, top-5 %)``: each scale, each fusion, then the single-scale baseline."""
     rows = [(f"scale {s}", metrics[f"top1_s{s}"], metrics[f"top5_s{s}"]) for s in range(1, num_scales + 1)]
     for n in range(2, num_scales + 1):
-        head = "+".join(str(s) for s in range(1, n + 1))
+        head = RACNN.fusion_name(n)
         rows.append((f"fused {head}", metrics[f"top1_{head}"], metrics[f"top5_{head}"]))
     rows.append(("baseline (1 scale)", baseline["top1"], baseline["top5"]))
     return [(name, 100 * top1, 100 * top5) for name, top1, top5 in rows]

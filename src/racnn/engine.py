@@ -45,6 +45,7 @@ from racnn.distributed import (
     init_distributed,
 )
 from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
+from racnn.model import RACNN
 
 __all__ = [
     "NonFiniteLossError",
@@ -476,7 +477,7 @@ class _EvalSums:
 
 def head_names(num_scales: int) -> list[str]:
     """The heads :func:`evaluate` reports: ``s1..sS``, ``1+2``, ``1+2+3``..., ``fused`` and ``avg``."""
-    fusions = ["+".join(str(i + 1) for i in range(n)) for n in range(2, num_scales + 1)]
+    fusions = [RACNN.fusion_name(n) for n in range(2, num_scales + 1)]
     return [f"s{s + 1}" for s in range(num_scales)] + fusions + ["fused", "avg"]
 
 
@@ -485,7 +486,7 @@ def _head_logits(out) -> dict[str, Tensor]:
     (mean of the per-scale softmax probabilities, a parameter-free fusion)."""
     heads = {f"s{s + 1}": z.float() for s, z in enumerate(out.logits)}
     heads.update({key: z.float() for key, z in out.fused.items()})
-    heads["fused"] = out.fused["+".join(str(s + 1) for s in range(len(out.logits)))].float()
+    heads["fused"] = out.fused[RACNN.fusion_name(len(out.logits))].float()
     heads["avg"] = torch.stack([z.float().softmax(-1) for z in out.logits]).mean(0).log()
     return heads
 
@@ -892,8 +893,6 @@ class _Run:
     # -- set-up ------------------------------------------------------------------------------------------
 
     def _build_model(self, ckpt: dict | None):
-        from racnn.model import RACNN
-
         cfg = self.cfg
         if cfg.model.num_classes == 0:
             cfg.model.num_classes = _count_classes(cfg)

@@ -21,6 +21,7 @@ from typing import Any
 
 from racnn.checkpoint import CheckpointError
 from racnn.config import ConfigError
+from racnn.model import RACNN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def format_table(metrics: dict[str, Any], num_scales: int) -> str:
     """The per-scale table ``racnn eval`` prints (percentages)."""
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
-    heads += [(key, key) for key in ("+".join(str(i) for i in range(1, n + 1)) for n in range(2, num_scales + 1))]
+    heads += [(key, key) for key in (RACNN.fusion_name(n) for n in range(2, num_scales + 1))]
     heads.append(("mean prob.", "avg"))
     lines = [f"{'head':<12} {'top-1 %':>8} {'top-5 %':>8}"]
     lines += [f"{name:<12} {100 * metrics[f'top1_{k}']:>8.2f} {100 * metrics[f'top5_{k}']:>8.2f}" for name, k in heads]

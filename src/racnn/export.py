@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from racnn.checkpoint import CheckpointError
 from racnn.config import ConfigError
+from racnn.model import RACNN
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -65,7 +66,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.model(images)
-        all_scales = "+".join(str(s + 1) for s in range(len(out.logits)))
+        all_scales = RACNN.fusion_name(len(out.logits))
         probs = out.fused[all_scales].softmax(-1)  # (B, K)
         logits = torch.stack(out.logits)  # (S, B, K)
         boxes = torch.stack(out.boxes_in_image)  # (S-1, B, 3)
@@ -258,7 +259,7 @@ def write_sidecar(
         "mean": list(mean),
         "std": list(std),
         "num_scales": num_scales,
-        "fused_head": "+".join(str(s + 1) for s in range(num_scales)),
+        "fused_head": RACNN.fusion_name(num_scales),
         "input_name": INPUT_NAME,
         "input_shape": ["batch", 3, input_size, input_size],
         "output_names": list(OUTPUT_NAMES),

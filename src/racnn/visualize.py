@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from racnn.crop import boxes_to_xyxy
+from racnn.model import RACNN
 
 __all__ = [
     "GAP",
@@ -201,7 +202,7 @@ def attention_grid(
     device = next(model.parameters()).device
     out = eval_forward(model, images.to(device))
     num_scales = len(out.logits)
-    fused_key = "+".join(str(s + 1) for s in range(num_scales))
+    fused_key = RACNN.fusion_name(num_scales)
     side = images.shape[-1]
     panel_size = panel_size or max(side, 160)
     zoom = panel_size / side
