@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from racnn.config import load_config
-from racnn.engine import fit, train_baseline
 from racnn.model import RACNN
+from racnn.training import fit, train_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 

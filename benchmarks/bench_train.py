@@ -69,11 +69,11 @@ def _switches(mode: str):
 
 
 def run_train(args, mode: str) -> dict:
-    """Steps of the classification phase through the engine's own epoch function."""
+    """Steps of the classification phase through the training package's own epoch function."""
     import torch
 
     from racnn.config import TrainConfig
-    from racnn.engine import StepContext, prepare_phase, train_classification_epoch
+    from racnn.training import StepContext, prepare_phase, train_classification_epoch
 
     amp, channels_last, compile_, _ = _switches(mode)
     model = _model(args)

@@ -18,7 +18,7 @@ exec timeout 470 python3 - "$DATA" "$EPOCHS" <<'PY'
 import sys, time
 import torch
 from racnn.config import load_config
-from racnn.engine import fit
+from racnn.training import fit
 from racnn.model import RACNN
 
 data, epochs = sys.argv[1], int(sys.argv[2])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import racnn.engine as engine
+import racnn.training as training
+import racnn.training.run as training_run
 from racnn.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from racnn.config import RECIPES, load_config
 
@@ -63,7 +64,7 @@ def test_save_is_atomic_and_loads_with_weights_only(tmp_path):
 
 
 def test_run_folder_contents(tmp_path):
-    result = engine.fit(_config(tmp_path, "train.warmup.epochs=1", "train.visualize=true", "train.tensorboard=true"))
+    result = training.fit(_config(tmp_path, "train.warmup.epochs=1", "train.visualize=true", "train.tensorboard=true"))
     run = result.run_dir
     assert run == tmp_path / "synthetic_tiny"
     files = ["config.yaml", "metrics.csv", "curves.png", "last.pt", "best.pt", "model.safetensors", "metrics.json"]
@@ -92,7 +93,7 @@ def test_run_folder_contents(tmp_path):
         assert json.loads(f.metadata()["config"])["model"]["num_classes"] == 4
         assert torch.equal(f.get_tensor("classifiers.0.weight"), last["model"]["classifiers.0.weight"])
     # A second run with the same name gets a fresh folder.
-    assert engine.fit(_config(tmp_path, "train.warmup.epochs=0", "train.rounds=0")).run_dir.name == "synthetic_tiny-1"
+    assert training.fit(_config(tmp_path, "train.warmup.epochs=0", "train.rounds=0")).run_dir.name == "synthetic_tiny-1"
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,7 @@ def test_run_folder_contents(tmp_path):
 )
 def test_eval_interval_decides_after_which_epochs_the_test_set_runs(tmp_path, interval, tested):
     """Schedule: warm-up 2, APN pre-training 1, cls 1, APN 1, fusion 1 (global epochs 1-6)."""
-    result = engine.fit(_config(tmp_path, f"train.eval_interval={interval}", "train.visualize=false"))
+    result = training.fit(_config(tmp_path, f"train.eval_interval={interval}", "train.visualize=false"))
     assert [row["global_epoch"] for row in result.history if "top1_fused" in row] == tested
     assert result.metrics["top1_fused"] == result.history[-1]["top1_fused"]  # the final test is always there
     assert (result.run_dir / "metrics.json").is_file() and (result.run_dir / "best.pt").is_file()
@@ -108,32 +109,32 @@ def test_eval_interval_decides_after_which_epochs_the_test_set_runs(tmp_path, in
 
 def _interrupt_after(monkeypatch, epochs: set[int]) -> None:
     """Ctrl-C right after the given global epochs have been saved."""
-    real = engine._Run._end_epoch
+    real = training_run._Run._end_epoch
 
     def end_epoch(self, *args, **kwargs):
         real(self, *args, **kwargs)
         if self.state["global_epoch"] in epochs:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine._Run, "_end_epoch", end_epoch)
+    monkeypatch.setattr(training_run._Run, "_end_epoch", end_epoch)
 
 
 def test_resume_gives_identical_weights(tmp_path, monkeypatch, capsys):
-    straight = engine.fit(_config(tmp_path / "a"))
+    straight = training.fit(_config(tmp_path / "a"))
     assert len(straight.history) == 6
 
     _interrupt_after(monkeypatch, {1, 3})  # mid-warm-up (optimiser, scheduler restored), then at a phase boundary
     cfg = _config(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        engine.fit(cfg)
+        training.fit(cfg)
     run = tmp_path / "b" / "synthetic_tiny"
     assert f"racnn train --resume {run}" in capsys.readouterr().err
     assert load_checkpoint(run / "last.pt")["state"]["global_epoch"] == 1
     with pytest.raises(KeyboardInterrupt):
-        engine.fit(cfg, resume=run)
+        training.fit(cfg, resume=run)
     monkeypatch.undo()
     # The rest with two persistent loader workers: the data must not depend on them.
-    resumed = engine.fit(_config(tmp_path / "b", "data.num_workers=2"), resume=run / "last.pt")
+    resumed = training.fit(_config(tmp_path / "b", "data.num_workers=2"), resume=run / "last.pt")
 
     a = load_checkpoint(straight.run_dir / "last.pt")["model"]
     b = load_checkpoint(run / "last.pt")["model"]
@@ -146,10 +147,10 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch, capsys):
 
 def test_data_does_not_depend_on_loader_workers(tmp_path):
     """Augmentation is seeded per (seed, epoch, index): 0 or 2 worker processes give the same batches."""
-    train_set = engine.build_split(_config(tmp_path), "train", mean=[0.5] * 3, std=[0.5] * 3)
+    train_set = training.build_split(_config(tmp_path), "train", mean=[0.5] * 3, std=[0.5] * 3)
     batches = []
     for workers in (0, 2):
-        loader, sampler = engine.make_train_loader(train_set, 8, seed=3, num_workers=workers)
+        loader, sampler = training.make_train_loader(train_set, 8, seed=3, num_workers=workers)
         sampler.set_epoch(5)
         batches.append([images for images, _ in loader])
     assert all(torch.equal(x, y) for x, y in zip(*batches, strict=True))
@@ -185,7 +186,7 @@ def test_resume_after_sigkill_mid_epoch(tmp_path):
 @pytest.mark.parametrize("init", ["classifiers", "random"])
 def test_fusion_phase_starts_from_the_summed_classifiers(tmp_path, init):
     """With a zero learning rate the fusion phase leaves its heads where ``train.fusion_init`` put them."""
-    result = engine.fit(_config(tmp_path, f"train.fusion_init={init}", "train.fusion.lr=0", "train.eval_interval=-1"))
+    result = training.fit(_config(tmp_path, f"train.fusion_init={init}", "train.fusion.lr=0", "train.eval_interval=-1"))
     weights = load_checkpoint(result.run_dir / "last.pt")["model"]
     head = weights["fusion.1+2+3.weight"]  # (K, 3C)
     blocks = head.chunk(3, dim=1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-import racnn.engine as engine
+import racnn.training as training
 from racnn.checkpoint import load_checkpoint
 from racnn.config import RECIPES, Config, ConfigError, config_from_dict, config_to_dict, load_config
 
@@ -97,7 +97,7 @@ def test_resolved_config_in_run_folder_and_checkpoint(tmp_path):
                      "data.synthetic_train=16", "data.synthetic_test=8", "data.synthetic_classes=3",
                      "train.rounds=0", "train.warmup.epochs=1", "train.apn_pretrain.epochs=0", "train.fusion.epochs=0",
                      "train.visualize=false"]  # fmt: skip
-        result = engine.fit(load_config(RECIPES / "synthetic_tiny.yaml", overrides))
+        result = training.fit(load_config(RECIPES / "synthetic_tiny.yaml", overrides))
     finally:
         torch.set_num_threads(threads)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())

@@ -14,7 +14,7 @@ import torch
 from racnn.checkpoint import load_checkpoint, load_model
 from racnn.config import RECIPES, config_from_dict
 from racnn.distributed import ShardSampler
-from racnn.engine import build_split, evaluate, make_eval_loader, object_boxes_in_input, scalar_metrics
+from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input, scalar_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = RECIPES / "synthetic_tiny.yaml"

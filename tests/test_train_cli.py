@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import racnn.engine as engine
+import racnn.training.run as training_run
+import racnn.training.steps as training_steps
 from racnn.cli import main
 from racnn.config import RECIPES
 
@@ -112,25 +113,25 @@ def test_train_then_eval_prints_every_scale_and_writes_the_confusion_matrix(tmp_
 
 
 def test_nan_loss_stops_the_run_naming_phase_epoch_and_step(tmp_path, monkeypatch, capsys):
-    real = engine.ranking_losses
+    real = training_steps.ranking_losses
 
     def poisoned(logits, target, margin=0.05):
         return {name: value * float("inf") for name, value in real(logits, target, margin).items()}
 
-    monkeypatch.setattr(engine, "ranking_losses", poisoned)
+    monkeypatch.setattr(training_steps, "ranking_losses", poisoned)
     assert main(_train(tmp_path)) == 1
     err = capsys.readouterr().err
     assert "training stopped: non-finite loss in phase 4/5 'apn' (round 1), epoch 1/1, step 1/" in err
 
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    real = engine._Run._end_epoch
+    real = training_run._Run._end_epoch
 
     def end_epoch(self, *args, **kwargs):
         real(self, *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine._Run, "_end_epoch", end_epoch)
+    monkeypatch.setattr(training_run._Run, "_end_epoch", end_epoch)
     assert main(_train(tmp_path)) == 130
     run = tmp_path / "synthetic_tiny"
     assert f"racnn train --resume {run}" in capsys.readouterr().err

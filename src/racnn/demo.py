@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from racnn.engine import fit, train_baseline
+    from racnn.training import fit, train_baseline
 
     overrides = [
         f"train.output_dir={args.output_dir}",

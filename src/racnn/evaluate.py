@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
-    from racnn.engine import build_split, evaluate, make_eval_loader, object_boxes_in_input
+    from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
 
     try:
         device_model, stored_cfg, class_names = load_model(args.checkpoint)

@@ -42,7 +42,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
     """Losses (top) and test top-1 per scale and fused (bottom) over epochs, with the phases shaded.
 
     Args:
-        history: one dict per epoch as :func:`racnn.engine.fit` records it (keys ``phase``, ``phase_index``,
+        history: one dict per epoch as :func:`racnn.training.fit` records it (keys ``phase``, ``phase_index``,
             ``round``, ``train_*`` losses, ``top1_*`` test metrics).
         path: where to write the PNG.
 

@@ -72,7 +72,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(args: argparse.Namespace) -> int:
     from racnn.data import DatasetError
-    from racnn.engine import NonFiniteLossError, fit, train_baseline
+    from racnn.training import NonFiniteLossError, fit, train_baseline
 
     try:
         cfg = build_config(args)

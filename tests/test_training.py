@@ -1,4 +1,4 @@
-"""The training engine: what each phase changes, the schedule, evaluation, precision switches, the synthetic check."""
+"""The training package: what each phase changes, the schedule, evaluation, precision switches, the synthetic check."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import racnn.engine as engine
+import racnn.training as training
+import racnn.training.schedule as training_schedule
+import racnn.training.steps as training_steps
 from racnn.config import RECIPES, ConfigError, TrainConfig, load_config
-from racnn.engine import (
+from racnn.model import RACNN
+from racnn.training import (
     StepContext,
     build_optimizer,
     evaluate,
@@ -24,7 +27,6 @@ from racnn.engine import (
     train_classification_epoch,
     train_fusion_epoch,
 )
-from racnn.model import RACNN
 
 CONFIG = RECIPES / "synthetic_tiny.yaml"
 NUM_CLASSES = 4
@@ -101,7 +103,7 @@ def test_classification_phase_keeps_finer_losses_out_of_coarser_backbones():
     model = _model()
     prepare_phase(model, "cls")
     images, targets = next(iter(_loader()))
-    with engine._crops_detached(model):
+    with training_schedule.crops_detached(model):
         out = model(images)
     torch.nn.functional.cross_entropy(out.logits[1], targets).backward()
     assert all(p.grad is None for p in model.backbones[0].parameters())
@@ -140,7 +142,7 @@ def test_fusion_step_changes_only_fusion_heads():
 
 def test_non_finite_loss_names_phase_epoch_and_step(monkeypatch):
     calls = {"n": 0}
-    real = engine.classification_losses
+    real = training_steps.classification_losses
 
     def poisoned(logits, target, label_smoothing=0.0):
         calls["n"] += 1
@@ -149,11 +151,11 @@ def test_non_finite_loss_names_phase_epoch_and_step(monkeypatch):
             losses["cls2"] = losses["cls2"] * float("nan")
         return losses
 
-    monkeypatch.setattr(engine, "classification_losses", poisoned)
+    monkeypatch.setattr(training_steps, "classification_losses", poisoned)
     model = _model()
     params = prepare_phase(model, "cls")
     ctx = StepContext(where="phase 3/7 'cls' (round 1), epoch 2/4")
-    with pytest.raises(engine.NonFiniteLossError, match=r"'cls' \(round 1\), epoch 2/4, step 2/2: .*cls2=nan"):
+    with pytest.raises(training.NonFiniteLossError, match=r"'cls' \(round 1\), epoch 2/4, step 2/2: .*cls2=nan"):
         train_classification_epoch(model, _loader(), torch.optim.SGD(params, lr=0.1), None, ctx)
 
 
@@ -161,7 +163,7 @@ def test_gradient_accumulation_steps_and_scheduler():
     model = _model()
     params = prepare_phase(model, "cls")
     optimizer = torch.optim.SGD(params, lr=0.1)
-    scheduler = engine.build_scheduler(optimizer, TrainConfig().cls, total_steps=2)
+    scheduler = training.build_scheduler(optimizer, TrainConfig().cls, total_steps=2)
     ctx = StepContext(train=TrainConfig(grad_accum=2))
     stats = train_classification_epoch(model, _loader(n=24, batch=8), optimizer, scheduler, ctx)
     assert stats["steps"] == 2  # batches 1+2, then 3 alone at the epoch's end
@@ -246,6 +248,16 @@ def test_synthetic_scale2_beats_scale1(tmp_path):
     the synthetic_tiny recipe, seed 0; about a minute on one CPU core (docs/TRAINING.md has other seeds).
     """
     cfg = load_config(CONFIG, [f"train.output_dir={tmp_path}", "train.visualize=false", "train.fusion.epochs=0"])
-    metrics = engine.fit(cfg).metrics
+    metrics = training.fit(cfg).metrics
     assert metrics["top1_s2"] > metrics["top1_s1"] + 0.02, {k: metrics[k] for k in ("top1_s1", "top1_s2")}
     assert metrics["box_in_object_s2"] > 0.6
+
+
+def test_deprecated_engine_alias_warns_and_keeps_every_public_name():
+    import importlib
+    import sys
+
+    sys.modules.pop("racnn.engine", None)
+    with pytest.warns(DeprecationWarning, match="racnn.training"):
+        engine = importlib.import_module("racnn.engine")
+    assert all(getattr(engine, name) is getattr(training, name) for name in training.__all__)

@@ -1,0 +1,238 @@
+"""Evaluation of an RA-CNN on a loader, and the metrics it reports.
+
+Owns: :func:`evaluate` (every image once, summed over processes), the heads it reports (:func:`head_names`),
+top-1/top-5 per head, the ranking loss, attention-box statistics against object boxes (side, centre inside,
+IoU), the confusion matrix and per-class accuracy, and the files they are written to (:func:`write_eval_files`).
+
+May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``
+and ``racnn.training.precision``. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from racnn.crop import boxes_to_xyxy
+from racnn.distributed import (
+    all_reduce_sum,
+)
+from racnn.losses import ranking_losses
+from racnn.model import RACNN
+from racnn.training.precision import autocast
+
+
+@dataclass
+class _EvalSums:
+    """Running sums over test images; summed over processes at the end (no padding, no duplicates)."""
+
+    heads: list[str]
+    num_classes: int
+    num_boxes: int
+    confusion_head: str
+    device: torch.device
+    topk: Tensor = None  # (H, 2) top-1 / top-5 hits per head
+    confusion: Tensor = None  # (K, K) true x predicted, for confusion_head
+    scalars: Tensor = None  # n, rank loss sum, then per box: side sum, with object box, centre inside, IoU sum
+
+    def __post_init__(self) -> None:
+        kw = {"dtype": torch.float64, "device": self.device}
+        self.topk = torch.zeros(len(self.heads), 2, **kw)
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, **kw)
+        self.scalars = torch.zeros(2 + 4 * self.num_boxes, **kw)
+
+    def all_reduce(self) -> None:
+        for t in (self.topk, self.confusion, self.scalars):
+            all_reduce_sum(t)
+
+
+def head_names(num_scales: int) -> list[str]:
+    """The heads :func:`evaluate` reports: ``s1..sS``, ``1+2``, ``1+2+3``..., ``fused`` and ``avg``."""
+    fusions = [RACNN.fusion_name(n) for n in range(2, num_scales + 1)]
+    return [f"s{s + 1}" for s in range(num_scales)] + fusions + ["fused", "avg"]
+
+
+def _head_logits(out) -> dict[str, Tensor]:
+    """Every head evaluated: scales ``s1..sS``, the fusion heads ``1+2 ...``, ``fused`` (all scales) and ``avg``
+    (mean of the per-scale softmax probabilities, a parameter-free fusion)."""
+    heads = {f"s{s + 1}": z.float() for s, z in enumerate(out.logits)}
+    heads.update({key: z.float() for key, z in out.fused.items()})
+    heads["fused"] = out.fused[RACNN.fusion_name(len(out.logits))].float()
+    heads["avg"] = torch.stack([z.float().softmax(-1) for z in out.logits]).mean(0).log()
+    return heads
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    device: torch.device | str | None = None,
+    margin: float = 0.05,
+    amp: str = "none",
+    channels_last: bool = False,
+    object_boxes: Tensor | None = None,
+    class_names: list[str] | None = None,
+    confusion_head: str = "fused",
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate every image of ``loader`` exactly once (no early stop); sums over processes under torchrun.
+
+    Args:
+        model: an RA-CNN; run in eval mode, each submodule's mode restored afterwards.
+        loader: batches ``(images, targets)`` or ``(images, targets, dataset indices)`` (see
+            :func:`make_eval_loader`); the indices are needed for ``object_boxes``.
+        device: defaults to the model's.
+        margin: the ranking-loss margin for ``rank_loss``.
+        amp, channels_last: as in training (``train.amp``, ``train.channels_last``).
+        object_boxes: ``(N, 4)`` object boxes per dataset index, normalised ``(x1, y1, x2, y2)`` in the model's
+            input coordinates (NaN rows: unknown); see :func:`object_boxes_in_input`.
+        class_names: names for the confusion-matrix picture.
+        confusion_head: the head (``"fused"``, ``"s1"``, ``"1+2"``, ``"avg"``...) whose confusion matrix and
+            per-class accuracy are reported.
+        out_dir: when given (and on the main process), write ``metrics.json``, ``confusion.csv``,
+            ``confusion.png`` and ``per_class.csv`` there.
+
+    Returns:
+        Flat metrics (fractions in [0, 1]): ``n_images``; ``top1_<head>`` / ``top5_<head>`` for ``s1..sS``, the
+        fusion heads ``1+2``, ``1+2+3``..., ``fused`` (= all scales) and ``avg``; ``rank_loss`` (sum over scale
+        pairs, mean over images); for the box that makes scale ``s`` (s >= 2): ``box_side_s<s>`` (side as a
+        fraction of the scale-1 input side) and, when object boxes are known, ``box_in_object_s<s>`` (its centre
+        lies in the object box) and ``box_iou_s<s>``, with ``n_object_boxes``. Non-scalars: ``confusion_head``,
+        ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true class).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    heads = head_names(model.num_scales)
+    if confusion_head not in heads:
+        raise ValueError(f"confusion_head must be one of {heads}, got {confusion_head!r}")
+    # Made before the loop, so a process whose shard is empty still takes part in the all-reduce.
+    sums = _EvalSums(heads, model.num_classes, model.num_scales - 1, confusion_head, device)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+            images, targets = batch[0].to(device), batch[1].to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                out = model(images)
+            boxes = object_boxes[batch[2]].to(device) if object_boxes is not None and len(batch) > 2 else None
+            _accumulate(sums, out, targets, margin, boxes)
+    finally:
+        for module, training in modes:
+            module.training = training
+    sums.all_reduce()
+    if sums.scalars[0] == 0:
+        raise ValueError("evaluate() got an empty loader")
+    metrics = _finalize(sums, object_boxes is not None)
+    if out_dir is not None and _is_main():
+        write_eval_files(metrics, out_dir, class_names)
+    return metrics
+
+
+def _accumulate(sums: _EvalSums, out, targets: Tensor, margin: float, object_boxes: Tensor | None) -> None:
+    n = targets.shape[0]
+    for h, (name, logits) in enumerate(_head_logits(out).items()):
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
+        hits = top5 == targets[:, None]
+        sums.topk[h, 0] += hits[:, 0].sum()
+        sums.topk[h, 1] += hits.any(-1).sum()
+        if name == sums.confusion_head:
+            flat = targets * sums.num_classes + top5[:, 0]
+            sums.confusion += torch.bincount(flat, minlength=sums.num_classes**2).view_as(sums.confusion)
+    rank = ranking_losses([z.float() for z in out.logits], targets, margin=margin)
+    sums.scalars[0] += n
+    sums.scalars[1] += sum(rank.values()) * n
+    for s, box in enumerate(out.boxes_in_image):
+        box = box.float()
+        base = 2 + 4 * s
+        sums.scalars[base] += (2 * box[:, 2]).sum()  # side = 2 tl, in units of the (square) input side
+        if object_boxes is None:
+            continue
+        known = ~torch.isnan(object_boxes).any(-1)
+        obj = object_boxes[known]
+        tx, ty = box[known, 0], box[known, 1]
+        inside = (tx >= obj[:, 0]) & (tx <= obj[:, 2]) & (ty >= obj[:, 1]) & (ty <= obj[:, 3])
+        sums.scalars[base + 1] += known.sum()
+        sums.scalars[base + 2] += inside.sum()
+        sums.scalars[base + 3] += _iou(boxes_to_xyxy(box[known]), obj).sum()
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of matching rows of two ``(N, 4)`` xyxy tensors."""
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = w * h
+    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area - inter).clamp(min=1e-12)
+
+
+def _finalize(sums: _EvalSums, with_objects: bool) -> dict[str, Any]:
+    n = sums.scalars[0].item()
+    metrics: dict[str, Any] = {"n_images": int(n)}
+    for h, name in enumerate(sums.heads):
+        metrics[f"top1_{name}"] = sums.topk[h, 0].item() / n
+        metrics[f"top5_{name}"] = sums.topk[h, 1].item() / n
+    metrics["rank_loss"] = sums.scalars[1].item() / n
+    for s in range(sums.num_boxes):
+        base, key = 2 + 4 * s, f"s{s + 2}"
+        metrics[f"box_side_{key}"] = sums.scalars[base].item() / n
+        known = sums.scalars[base + 1].item()
+        if with_objects and known > 0:
+            metrics["n_object_boxes"] = int(known)
+            metrics[f"box_in_object_{key}"] = sums.scalars[base + 2].item() / known
+            metrics[f"box_iou_{key}"] = sums.scalars[base + 3].item() / known
+    confusion = sums.confusion.long()
+    per_class = confusion.diagonal().double() / confusion.sum(1).clamp(min=1).double()
+    metrics["confusion_head"] = sums.confusion_head
+    metrics["per_class_top1"] = per_class.tolist()
+    metrics["confusion_matrix"] = confusion.tolist()
+    return metrics
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of an :func:`evaluate` result (what metrics.csv and TensorBoard get)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def write_eval_files(metrics: dict[str, Any], out_dir: str | Path, class_names: list[str] | None = None) -> None:
+    """``metrics.json`` (scalars + per-class accuracy), ``confusion.csv`` / ``.png``, ``per_class.csv``."""
+    from racnn.plots import plot_confusion_matrix
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = metrics["confusion_matrix"]
+    names = list(class_names or [str(i) for i in range(len(matrix))])
+    summary = {**scalar_metrics(metrics), "confusion_head": metrics["confusion_head"]}
+    summary["per_class_top1"] = dict(zip(names, metrics["per_class_top1"], strict=True))
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out_dir / "confusion.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *names])
+        writer.writerows([name, *row] for name, row in zip(names, matrix, strict=True))
+    with open(out_dir / "per_class.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "images", f"top1_{metrics['confusion_head']}"])
+        writer.writerows(
+            [name, sum(row), f"{acc:.6f}"]
+            for name, row, acc in zip(names, matrix, metrics["per_class_top1"], strict=True)
+        )
+    head = metrics["confusion_head"]
+    title = f"confusion matrix, head '{head}', top-1 {100 * metrics[f'top1_{head}']:.1f} % of {metrics['n_images']}"
+    plot_confusion_matrix(matrix, names, out_dir / "confusion.png", title=title)
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -1,0 +1,333 @@
+"""The whole training run: :func:`fit`.
+
+Owns: :class:`TrainResult` and the run's state and steps (:class:`_Run`): building the model and the data,
+running each phase of the schedule epoch by epoch, evaluating, saving ``last.pt`` / ``best.pt`` / the final
+``model.safetensors``, resuming exactly, logs and pictures. The files it writes and reads back are made by
+:mod:`racnn.training.run_files`.
+
+May import: everything below it in ``racnn.training`` and the core modules (``racnn.model``, ``racnn.config``,
+``racnn.checkpoint``, ``racnn.distributed``, ``racnn.visualize``, ``racnn.plots``).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from racnn.checkpoint import CheckpointError, save_checkpoint
+from racnn.config import Config, ConfigError, config_to_dict, resolve_device
+from racnn.distributed import (
+    DistInfo,
+    broadcast_buffers,
+    cleanup,
+    init_distributed,
+)
+from racnn.model import RACNN
+from racnn.training.compiling import CompiledOrEager
+from racnn.training.evaluation import evaluate, head_names, scalar_metrics
+from racnn.training.loaders import (
+    build_datasets,
+    class_names_of,
+    count_classes,
+    make_eval_loader,
+    make_train_loader,
+    object_boxes_in_input,
+)
+from racnn.training.loop import StepContext
+from racnn.training.precision import warn_slow_bf16
+from racnn.training.run_files import (
+    epoch_line,
+    load_resume,
+    log,
+    new_run_dir,
+    phase_label,
+    rng_state,
+    save_safetensors,
+    seed_everything,
+    set_rng_state,
+    tensorboard_writer,
+    write_csv,
+)
+from racnn.training.schedule import build_optimizer, build_scheduler, expand_schedule, prepare_phase, steps_per_epoch
+from racnn.training.steps import EPOCH_FUNCTIONS
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns: the run folder, the final test metrics and one dict per epoch."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
+    """Train RA-CNN with the schedule of ``cfg.train`` (see docs/TRAINING.md); under torchrun, with DDP.
+
+    Args:
+        cfg: the configuration (not modified; the resolved copy is saved in the run folder).
+        resume: a run folder (or its ``last.pt``) to continue exactly where its last completed epoch ended.
+
+    Returns:
+        :class:`TrainResult`. ``Ctrl-C`` raises ``KeyboardInterrupt`` after saying how to resume.
+    """
+    device = resolve_device(cfg.train.device)
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device (got {device.type}); use train.amp=bf16 instead")
+    warn_slow_bf16(device, cfg.train.amp)
+    dist_info, device = init_distributed(device)
+    try:
+        try:
+            run = _Run(copy.deepcopy(cfg), device, dist_info, resume)
+        except ValueError as e:  # a backbone, data set option or class count that does not fit: the config's fault
+            raise e if isinstance(e, (ConfigError, CheckpointError)) else ConfigError(str(e)) from e
+        return run.train()
+    finally:
+        if dist_info.enabled:
+            cleanup()
+
+
+class _Run:
+    """The state of one training run and the steps of its loop, each a short method."""
+
+    def __init__(self, cfg: Config, device: torch.device, dist_info: DistInfo, resume: str | Path | None) -> None:
+        self.cfg, self.device, self.dist = cfg, device, dist_info
+        self.main = dist_info.is_main
+        ckpt = load_resume(resume) if resume is not None else None
+        seed_everything(cfg.train.seed)
+        self.model, self.mean, self.std = self._build_model(ckpt)
+        self.train_set, self.test_set = build_datasets(cfg, self.mean, self.std)
+        self.class_names = class_names_of(self.test_set, cfg.model.num_classes)
+        self.train_loader, self.sampler = make_train_loader(
+            self.train_set, cfg.data.batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
+            dist_info=dist_info, pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        self.test_loader = make_eval_loader(
+            self.test_set, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers, dist_info=dist_info,
+            pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        self.object_boxes = object_boxes_in_input(self.test_set, cfg.model.input_size, cfg.data.resize_ratio)
+        self.schedule = expand_schedule(cfg.train)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+        self.state = {"phase_index": 0, "epoch": 0, "global_epoch": 0, "global_step": 0, "best": None}
+        self.history: list[dict[str, Any]] = []
+        self.metrics: dict[str, Any] = {}
+        self.resume_ckpt = ckpt
+        if ckpt is not None:
+            self.run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+            self.state.update(ckpt["state"])
+            self.history = list(ckpt["state"]["history"])
+            self.metrics = dict(ckpt["state"]["metrics"])
+        else:
+            self.run_dir = new_run_dir(cfg, dist_info)
+        self.writer = tensorboard_writer(self.run_dir, cfg.train.tensorboard and self.main)
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    def _build_model(self, ckpt: dict | None):
+        cfg = self.cfg
+        if cfg.model.num_classes == 0:
+            cfg.model.num_classes = count_classes(cfg)
+        model_cfg = replace(cfg.model, pretrained=None) if ckpt is not None else cfg.model
+        model = RACNN.from_config(model_cfg)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+        model.to(self.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model, list(model.mean), list(model.std)
+
+    def _wrap(self, kind: str) -> nn.Module:
+        """DDP (rebuilt per phase, after the phase's parameters are chosen) and torch.compile, if asked."""
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DDP(self.model, device_ids=ids)
+        if self.cfg.train.compile:
+            net = CompiledOrEager(net)
+        return net
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        if self.main:
+            log(f"run folder: {self.run_dir}  ({len(self.schedule)} phases, device {self.device})")
+        try:
+            for index in range(self.state["phase_index"], len(self.schedule)):
+                self._run_phase(index)
+            if not self.metrics:  # a schedule without epochs: still report the model's accuracy
+                self.metrics = self._evaluate(final=True)
+            self._finish()
+        except KeyboardInterrupt:
+            if self.main:
+                log(self._interrupted_message())
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return TrainResult(self.run_dir, self.metrics, self.history)
+
+    def _run_phase(self, index: int) -> None:
+        kind, phase, round_index = self.schedule[index]
+        trainable = prepare_phase(self.model, kind)
+        optimizer = build_optimizer(trainable, phase)
+        _, steps = steps_per_epoch(self.train_loader, self.cfg.train)
+        scheduler = build_scheduler(optimizer, phase, steps * phase.epochs)
+        first_epoch = self._restore(optimizer, scheduler)
+        if kind == "fusion" and first_epoch == 0 and self.cfg.train.fusion_init == "classifiers":
+            self._init_fusion()
+        net = self._wrap(kind)
+        where = phase_label(index, len(self.schedule), kind, round_index)
+        for epoch in range(first_epoch, phase.epochs):
+            ctx = StepContext(
+                self.device, self.cfg.train, self.scaler, f"{where}, epoch {epoch + 1}/{phase.epochs}",
+                progress=self.cfg.train.progress and self.main and sys.stderr.isatty(), world_size=self.dist.world_size,
+            )  # fmt: skip
+            self.sampler.set_epoch(self.state["global_epoch"])
+            stats = EPOCH_FUNCTIONS[kind](self.model, self.train_loader, optimizer, scheduler, ctx, net=net)
+            self._end_epoch(index, epoch, stats, optimizer, scheduler)
+        self._end_phase(index)
+
+    def _init_fusion(self) -> None:
+        """``train.fusion_init=classifiers``: the fusion heads start as the sum of the scales' classifiers, scaled
+        by the feature norms of the first 32 training images (at most one test batch; the same images on every
+        process and on resume)."""
+        data = self.train_loader.dataset
+        count = min(len(data), 32, self.cfg.data.eval_batch_size)
+        items = [data[(self.state["global_epoch"], i)] for i in range(count)]
+        images = torch.stack([item[0] for item in items])
+        ctx = StepContext(self.device, self.cfg.train)
+        images, _ = ctx.to_device(images, torch.zeros(0))
+        with torch.no_grad(), ctx.autocast():
+            out = self.model(images)
+        self.model.init_fusion_from_classifiers(out.features)
+
+    def _restore(self, optimizer, scheduler) -> int:
+        """The epoch to start the phase at: 0, or, for the first phase of a resumed run, the saved one (with the
+        saved optimiser, scheduler, scaler and random streams)."""
+        ckpt, self.resume_ckpt = self.resume_ckpt, None
+        if ckpt is None:
+            return 0
+        if ckpt["optimizer"] is not None:  # None when the saved epoch ended its phase: a fresh pair then
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        return ckpt["state"]["epoch"]
+
+    def _end_epoch(self, index: int, epoch: int, stats: dict, optimizer, scheduler) -> None:
+        kind, phase, round_index = self.schedule[index]
+        broadcast_buffers(self.model)  # one model on every process for the evaluation and the checkpoint
+        self.state.update(phase_index=index, epoch=epoch + 1, global_epoch=self.state["global_epoch"] + 1)
+        self.state["global_step"] += int(stats["steps"])
+        last = epoch + 1 == phase.epochs
+        interval = self.cfg.train.eval_interval
+        row = {"phase": kind, "phase_index": index, "round": round_index, "epoch": epoch + 1}
+        row["global_epoch"] = self.state["global_epoch"]
+        row.update({f"train_{k}": v for k, v in stats.items()})
+        final = last and index + 1 == len(self.schedule)
+        if final or (last and interval >= 0) or (interval > 0 and (epoch + 1) % interval == 0):
+            self.metrics = self._evaluate(final=final)
+            row.update(scalar_metrics(self.metrics))
+        self.history.append(row)
+        if self.main:
+            log(epoch_line(row))
+            self._write_logs(row)
+        if last:  # a resume continues with the next phase and its fresh optimiser
+            self.state.update(phase_index=index + 1, epoch=0)
+            optimizer = scheduler = None
+        self._save(optimizer, scheduler, row)
+
+    def _evaluate(self, final: bool) -> dict[str, Any]:
+        head = self.cfg.train.best_metric.split("_", 1)[-1]
+        head = head if head in head_names(self.cfg.model.num_scales) else "fused"
+        return evaluate(
+            self.model, self.test_loader, device=self.device, margin=self.cfg.train.margin, amp=self.cfg.train.amp,
+            channels_last=self.cfg.train.channels_last, object_boxes=self.object_boxes,
+            class_names=self.class_names, confusion_head=head,
+            out_dir=self.run_dir if final else None,
+        )  # fmt: skip
+
+    def _end_phase(self, index: int) -> None:
+        kind, _, round_index = self.schedule[index]
+        following = self.schedule[index + 1] if index + 1 < len(self.schedule) else None
+        round_over = kind in ("apn_pretrain", "cls", "apn") and (following is None or following[2] != round_index)
+        if round_over and self.main and self.cfg.train.visualize:
+            self._attention_picture(round_index)
+
+    def _attention_picture(self, round_index: int) -> None:
+        try:
+            from racnn.visualize import attention_grid
+        except ImportError as e:
+            warnings.warn(f"attention pictures skipped: racnn.visualize is not available ({e})", stacklevel=2)
+            return
+        count = min(8, len(self.test_set))
+        items = [self.test_set[i] for i in range(count)]
+        images = torch.stack([item[0] for item in items]).to(self.device)
+        targets = [int(item[1]) for item in items]
+        grid = attention_grid(self.model, images, self.mean, self.std, self.class_names, targets=targets)
+        grid.save(self.run_dir / f"attention_round{round_index}.png")
+
+    # -- output ------------------------------------------------------------------------------------------
+
+    def _write_logs(self, row: dict[str, Any]) -> None:
+        write_csv(self.history, self.run_dir / "metrics.csv")
+        if self.cfg.train.visualize:
+            from racnn.plots import plot_training_curves
+
+            plot_training_curves(self.history, self.run_dir / "curves.png")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("phase_index", "round", "epoch", "global_epoch"):
+                    self.writer.add_scalar(key, value, row["global_epoch"])
+            self.writer.flush()
+
+    def _save(self, optimizer, scheduler, row: dict[str, Any]) -> None:
+        """``last.pt`` (everything needed to resume), and ``best.pt`` when ``train.best_metric`` improved."""
+        value = row.get(self.cfg.train.best_metric)
+        improved = value is not None and (self.state["best"] is None or value > self.state["best"])
+        if improved:
+            self.state["best"] = value
+        if not self.main:
+            return
+        state = {**self.state, "history": self.history, "metrics": scalar_metrics(self.metrics)}
+        payload = {
+            "config": config_to_dict(self.cfg),
+            "class_names": self.class_names,
+            "model": self.model.state_dict(),
+            "state": state,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(),
+        }
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if improved:
+            best = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
+            save_checkpoint(self.run_dir / "best.pt", best)
+
+    def _finish(self) -> None:
+        if not self.main:
+            return
+        save_safetensors(self.model, self.cfg, self.class_names, self.run_dir / "model.safetensors")
+        top = {k: v for k, v in scalar_metrics(self.metrics).items() if k.startswith("top1_")}
+        log("final test top-1: " + "  ".join(f"{k[5:]} {100 * v:.2f}" for k, v in top.items()))
+        log(f"done: {self.run_dir}")
+
+    def _interrupted_message(self) -> str:
+        if not (self.run_dir / "last.pt").is_file():
+            return "interrupted before the first epoch completed; nothing to resume"
+        return (
+            f"interrupted: the last completed epoch is saved in {self.run_dir / 'last.pt'} (the epoch in "
+            f"progress is not); continue with:\n  racnn train --resume {self.run_dir}"
+        )

@@ -1,0 +1,138 @@
+"""The files of a training run and the lines it prints.
+
+Owns: the run folder (``output_dir/name``, never an existing one), reading a resume checkpoint, the random
+states saved in it, ``metrics.csv``, the TensorBoard writer, ``model.safetensors``, the epoch line and the
+phase label of progress messages.
+
+May import: numpy, torch, safetensors, ``racnn.checkpoint``, ``racnn.config`` and ``racnn.distributed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from racnn.checkpoint import load_checkpoint
+from racnn.config import Config, ConfigError, config_to_dict, save_config
+from racnn.distributed import (
+    DistInfo,
+)
+
+
+def phase_label(index: int, count: int, kind: str, round_index: int) -> str:
+    return f"phase {index + 1}/{count} '{kind}'" + (f" (round {round_index})" if kind in ("cls", "apn") else "")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    where = f"[{row['phase']}" + (f" r{row['round']}" if row["phase"] in ("cls", "apn") else "") + f" e{row['epoch']}]"
+    losses = " ".join(
+        f"{k[6:]} {v:.4f}"
+        for k, v in row.items()
+        if k.startswith("train_") and k[6:] not in ("lr", "images_per_s", "steps") and not k.startswith("train_acc")
+    )
+    tests = " ".join(f"{k[5:]} {100 * v:.1f}" for k, v in row.items() if k.startswith("top1_"))
+    speed = f"{row.get('train_images_per_s', 0):.1f} img/s"
+    return f"{where} {losses} | test top-1 {tests or '-'} | {speed}"
+
+
+def write_csv(history: list[dict[str, Any]], path: Path) -> None:
+    columns: list[str] = []
+    for row in history:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def tensorboard_writer(run_dir: Path, wanted: bool):
+    if not wanted:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
+    """``output_dir/name``, or ``name-1``, ``name-2``... if it exists; made by rank 0, shared with the others."""
+    base = Path(cfg.train.output_dir) / cfg.train.name
+    run_dir = base
+    if dist_info.is_main:
+        n = 0
+        while run_dir.exists():
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+        run_dir.mkdir(parents=True)
+        save_config(cfg, run_dir / "config.yaml")
+    if dist_info.enabled:
+        import torch.distributed as dist
+
+        holder = [str(run_dir)]
+        dist.broadcast_object_list(holder, src=0)
+        run_dir = Path(holder[0])
+    return run_dir
+
+
+def load_resume(resume: str | Path) -> dict[str, Any]:
+    path = Path(resume)
+    path = path / "last.pt" if path.is_dir() else path
+    ckpt = load_checkpoint(path)
+    for key in ("state", "rng"):
+        if key not in ckpt:
+            raise ConfigError(f"{path} is not a training checkpoint (no '{key}'); resume from a run's last.pt")
+    return ckpt
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python's ``random`` and numpy's global stream (what a run draws before its first epoch)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random stream, as tensors and plain Python values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_safetensors(model: nn.Module, cfg: Config, class_names: list[str], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "racnn", "config": json.dumps(config_to_dict(cfg)), "class_names": json.dumps(class_names)}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)

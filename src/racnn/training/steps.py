@@ -1,0 +1,125 @@
+"""One short function per phase: which losses it sums, around :func:`racnn.training.loop.run_epoch`.
+
+Owns: the classification epoch (warm-up and ``cls``), APN pre-training, the ranking-loss APN epoch and the fusion
+epoch (METHOD §4), and :data:`EPOCH_FUNCTIONS`, the table from a phase's kind to its epoch.
+
+May import: ``racnn.losses``, ``racnn.training.loop`` and ``racnn.training.schedule``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
+from racnn.training.loop import StepContext, run_epoch
+from racnn.training.schedule import crops_detached, prepare_phase
+
+
+def _scale_logits(out) -> dict[str, Tensor]:
+    return {f"s{s + 1}": logits for s, logits in enumerate(out.logits)}
+
+
+def train_classification_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ctx: StepContext,
+    net: nn.Module | None = None,
+) -> dict[str, float]:
+    """METHOD §4, 3a: APNs fixed; the sum of the per-scale cross-entropies trains backbones and classifiers.
+
+    Args:
+        model: the :class:`racnn.model.RACNN` (its parameters decide what is frozen).
+        net: what to call forward on, when it differs from ``model`` (DDP or ``torch.compile`` wrapper).
+        optimizer: over :func:`phase_parameters` ``(model, "cls")``.
+    """
+    prepare_phase(model, "cls")
+    smoothing = ctx.train.label_smoothing
+
+    def losses(net, images, targets):
+        out = net(images)
+        return classification_losses(out.logits, targets, label_smoothing=smoothing), _scale_logits(out)
+
+    with crops_detached(model):
+        return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
+
+
+def train_apn_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ctx: StepContext,
+    net: nn.Module | None = None,
+) -> dict[str, float]:
+    """METHOD §4, 3b: backbones and classifiers fixed (batch norm in eval mode); the ranking losses train the
+    APNs. Their gradient reaches each APN through the differentiable crop and the frozen finer scales."""
+    prepare_phase(model, "apn")
+    margin = ctx.train.margin
+
+    def losses(net, images, targets):
+        out = net(images)
+        return ranking_losses(out.logits, targets, margin=margin), _scale_logits(out)
+
+    return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
+
+
+def pretrain_apn_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ctx: StepContext,
+    net: nn.Module | None = None,
+) -> dict[str, float]:
+    """METHOD §4, 2: regress each APN onto the half-side window where its scale's conv map responds most.
+
+    The targets come from ``feature_maps[s]`` (detached); the crops are detached too, so each APN learns from
+    its own scale's target only.
+    """
+    prepare_phase(model, "apn_pretrain")
+    side = ctx.train.pretrain_side
+
+    def losses(net, images, targets):
+        out = net(images)
+        named = {}
+        for s, boxes in enumerate(out.boxes):
+            goal = apn_targets(out.feature_maps[s].detach().float(), side=side)
+            named[f"apn_pre{s + 1}"] = apn_pretrain_loss(boxes.float(), goal)["apn_pre"]
+        return named, _scale_logits(out)
+
+    with crops_detached(model):
+        return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
+
+
+def train_fusion_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ctx: StepContext,
+    net: nn.Module | None = None,
+) -> dict[str, float]:
+    """METHOD §4, 4: only the fusion heads train (cross-entropy of each); everything else frozen, in eval mode."""
+    prepare_phase(model, "fusion")
+    smoothing = ctx.train.label_smoothing
+
+    def losses(net, images, targets):
+        out = net(images)
+        named = {f"fuse{key}": F.cross_entropy(z, targets, label_smoothing=smoothing) for key, z in out.fused.items()}
+        return named, dict(out.fused)
+
+    return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
+
+
+EPOCH_FUNCTIONS = {
+    "warmup": train_classification_epoch,
+    "apn_pretrain": pretrain_apn_epoch,
+    "cls": train_classification_epoch,
+    "apn": train_apn_epoch,
+    "fusion": train_fusion_epoch,
+}
