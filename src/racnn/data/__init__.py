@@ -1,6 +1,6 @@
 """Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
 
-from .datasets import (
+from .base import (
     CUB200,
     DATASETS,
     FGVCAircraft,
