@@ -2,7 +2,6 @@
 
 from .base import (
     CUB200,
-    DATASETS,
     FGVCAircraft,
     Flowers102,
     ImageDataset,
@@ -10,9 +9,6 @@ from .base import (
     SkippedImagesWarning,
     StanfordCars,
     StanfordDogs,
-    build_dataset,
-    dataset_names,
-    register_dataset,
 )
 from .io import (
     IMG_EXTENSIONS,
@@ -23,6 +19,7 @@ from .io import (
     check_image_file,
     load_image,
 )
+from .registry import DATASETS, build_dataset, dataset_names, register_dataset
 from .synthetic import SyntheticFineGrained, SyntheticSample
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, to_tensor
 
