@@ -1,7 +1,6 @@
 """Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
 
 from .base import (
-    CUB200,
     FGVCAircraft,
     Flowers102,
     ImageDataset,
@@ -10,6 +9,7 @@ from .base import (
     StanfordCars,
     StanfordDogs,
 )
+from .cub import CUB200
 from .io import (
     IMG_EXTENSIONS,
     DatasetError,
