@@ -7,9 +7,9 @@ from .base import (
     ImageFolderSplits,
     SkippedImagesWarning,
     StanfordCars,
-    StanfordDogs,
 )
 from .cub import CUB200
+from .dogs import StanfordDogs
 from .io import (
     IMG_EXTENSIONS,
     DatasetError,
