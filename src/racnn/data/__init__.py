@@ -6,8 +6,8 @@ from .base import (
     ImageDataset,
     ImageFolderSplits,
     SkippedImagesWarning,
-    StanfordCars,
 )
+from .cars import StanfordCars
 from .cub import CUB200
 from .dogs import StanfordDogs
 from .io import (
