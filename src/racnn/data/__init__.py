@@ -1,7 +1,7 @@
 """Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
 
+from .aircraft import FGVCAircraft
 from .base import (
-    FGVCAircraft,
     Flowers102,
     ImageDataset,
     ImageFolderSplits,
