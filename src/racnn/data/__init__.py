@@ -2,7 +2,6 @@
 
 from .aircraft import FGVCAircraft
 from .base import (
-    Flowers102,
     ImageDataset,
     ImageFolderSplits,
     SkippedImagesWarning,
@@ -10,6 +9,7 @@ from .base import (
 from .cars import StanfordCars
 from .cub import CUB200
 from .dogs import StanfordDogs
+from .flowers import Flowers102
 from .io import (
     IMG_EXTENSIONS,
     DatasetError,
