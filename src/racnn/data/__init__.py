@@ -1,15 +1,12 @@
 """Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
 
 from .aircraft import FGVCAircraft
-from .base import (
-    ImageDataset,
-    ImageFolderSplits,
-    SkippedImagesWarning,
-)
+from .base import ImageDataset, SkippedImagesWarning
 from .cars import StanfordCars
 from .cub import CUB200
 from .dogs import StanfordDogs
 from .flowers import Flowers102
+from .folder import ImageFolderSplits
 from .io import (
     IMG_EXTENSIONS,
     DatasetError,
