@@ -1,4 +1,9 @@
-"""Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
+"""Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks.
+
+One module per data set family (``cub``, ``dogs``, ``cars``, ``aircraft``, ``flowers``, ``folder``) on top of
+``base`` (ImageDataset, layout helpers) and ``registry`` (build_dataset). Importing this package imports every
+family, which is what registers it in ``DATASETS``. Nothing here imports the model or training.
+"""
 
 from .aircraft import FGVCAircraft
 from .base import ImageDataset, SkippedImagesWarning

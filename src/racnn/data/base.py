@@ -1,9 +1,15 @@
-"""Fine-grained data sets read from their official on-disk layouts, behind one interface and one factory.
+"""The common ground of the file-based data sets: :class:`ImageDataset`, :class:`SkippedImagesWarning` and the
+layout helpers the families share (``_require``, ``_read_id_table``, ``_display_name``, ``_load_mat``,
+``_header_size``, ``_path_loader``, ``_torchvision_samples``, ``_resolve_parent``).
 
 Every data set returns ``(image, label)`` (by default ``image`` is a float32 tensor ``(3, H, W)`` in [0, 1];
 pass a transform from :func:`racnn.data.build_transforms` for training) and exposes ``name``, ``root``,
 ``split``, ``classes`` (display names), ``raw_classes`` (names as on disk), ``targets`` and ``samples``
-(``(path, label)`` pairs). Labels are 0-based. Use :func:`build_dataset` to make one by name.
+(``(path, label)`` pairs). Labels are 0-based. Use :func:`racnn.data.build_dataset` to make one by name.
+
+May import: :mod:`.io`, :mod:`.transforms` and third-party libraries. Never :mod:`.registry` or a family module
+(:mod:`.cub`, :mod:`.dogs`, :mod:`.cars`, :mod:`.aircraft`, :mod:`.flowers`, :mod:`.folder`: they import this
+one), nor anything outside :mod:`racnn.data`.
 """
 
 from __future__ import annotations
