@@ -1,19 +1,17 @@
-"""Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks."""
+"""Data layer: fine-grained data sets in their official layouts, transforms, the synthetic set, checks.
 
-from .datasets import (
-    CUB200,
-    DATASETS,
-    FGVCAircraft,
-    Flowers102,
-    ImageDataset,
-    ImageFolderSplits,
-    SkippedImagesWarning,
-    StanfordCars,
-    StanfordDogs,
-    build_dataset,
-    dataset_names,
-    register_dataset,
-)
+One module per data set family (``cub``, ``dogs``, ``cars``, ``aircraft``, ``flowers``, ``folder``) on top of
+``base`` (ImageDataset, layout helpers) and ``registry`` (build_dataset). Importing this package imports every
+family, which is what registers it in ``DATASETS``. Nothing here imports the model or training.
+"""
+
+from .aircraft import FGVCAircraft
+from .base import ImageDataset, SkippedImagesWarning
+from .cars import StanfordCars
+from .cub import CUB200
+from .dogs import StanfordDogs
+from .flowers import Flowers102
+from .folder import ImageFolderSplits
 from .io import (
     IMG_EXTENSIONS,
     DatasetError,
@@ -23,6 +21,7 @@ from .io import (
     check_image_file,
     load_image,
 )
+from .registry import DATASETS, build_dataset, dataset_names, register_dataset
 from .synthetic import SyntheticFineGrained, SyntheticSample
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, to_tensor
 

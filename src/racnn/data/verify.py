@@ -16,8 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .datasets import DATASETS, build_dataset, dataset_names
 from .io import DatasetError, DatasetIntegrityError, DatasetLayoutError, check_image_file
+from .registry import DATASETS, build_dataset, dataset_names
 
 __all__ = ["SplitStats", "VerifyReport", "add_arguments", "main", "verify_dataset"]
 
