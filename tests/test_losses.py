@@ -117,3 +117,22 @@ def test_apn_pretrain_loss():
     got["apn_pre"].backward()
     assert boxes.grad is not None
     torch.testing.assert_close(got["apn_pre"], F.smooth_l1_loss(boxes, targets, beta=0.1))
+
+
+@pytest.mark.parametrize(
+    ("spot", "centre"),
+    [
+        ((13, 13), (0.5, 0.5)),  # a 2 x 2 spot in the middle of a 28 x 28 map: the box centred on it
+        ((0, 0), (0.25, 0.25)),  # a spot in the corner: the box in that corner, the spot inside it
+        ((0, 26), (0.75, 0.25)),  # top-right corner: x to the right, y at the top
+    ],
+)
+def test_apn_target_centres_a_spot_smaller_than_the_window(spot, centre):
+    feature_map = torch.zeros(1, 4, 28, 28)
+    row, col = spot
+    feature_map[0, :, row : row + 2, col : col + 2] = 1.0
+    tx, ty, tl = apn_targets(feature_map, side=0.5)[0].tolist()
+    assert (tx, ty) == pytest.approx(centre, abs=1e-6)
+    assert tl == pytest.approx(0.25)
+    x1, y1 = (tx - tl) * 28, (ty - tl) * 28
+    assert x1 <= col and col + 2 <= x1 + 14 and y1 <= row and row + 2 <= y1 + 14  # the spot lies in the box

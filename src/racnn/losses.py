@@ -53,7 +53,8 @@ def apn_targets(feature_map: Tensor, side: float = 0.5) -> Tensor:
 
     The response is the channel mean of the map; a box filter of ``side`` times the map's shorter side (rounded
     to whole cells, at least one) sums it over every window position, and the best window's centre becomes the
-    box centre. The half side is ``side / 2``; the centre is clipped so that the box lies inside the image.
+    box centre (the centroid of the best windows where several tie, e.g. around a spot smaller than the window).
+    The half side is ``side / 2``; the centre is clipped so that the box lies inside the image.
 
     Args:
         feature_map: ``(B, C, h, w)`` last conv map.
@@ -70,9 +71,16 @@ def apn_targets(feature_map: Tensor, side: float = 0.5) -> Tensor:
     short = min(height, width)
     window = max(1, round(side * short))  # square in cells, as the box is square in pixels
     response = feature_map.float().mean(dim=1, keepdim=True)  # (B, 1, h, w)
-    scores = F.avg_pool2d(response, window, stride=1)  # (B, 1, h - window + 1, w - window + 1)
-    best = scores.flatten(1).argmax(dim=1)  # (B,)
-    row, col = best // scores.shape[-1], best % scores.shape[-1]
+    scores = F.avg_pool2d(response, window, stride=1).flatten(1)  # (B, positions)
+    # Every window position within float rounding of the best one ties with it (a hot spot smaller than the window
+    # lies whole in many windows): take the centroid of those positions, so the spot sits in the box's middle
+    # rather than in the corner that argmax's first-index rule would pick.
+    top, bottom = scores.max(dim=1, keepdim=True).values, scores.min(dim=1, keepdim=True).values
+    ties = (scores >= top - 1e-5 * (top - bottom)).float()  # (B, positions)
+    cols = scores.new_tensor(range(width - window + 1)).repeat(height - window + 1)  # (positions,)
+    rows = scores.new_tensor(range(height - window + 1)).repeat_interleave(width - window + 1)
+    row = (ties * rows).sum(1) / ties.sum(1)  # (B,)
+    col = (ties * cols).sum(1) / ties.sum(1)
     ty = (row + window / 2) / height  # (B,) window centre
     tx = (col + window / 2) / width
     tl = torch.full_like(tx, side / 2)
