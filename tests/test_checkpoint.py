@@ -83,7 +83,10 @@ def test_run_folder_contents(tmp_path):
     assert last["state"]["phase_index"] == 5 and last["state"]["global_epoch"] == 5
     assert set(last["rng"]) == {"torch", "cuda", "python", "numpy"}
     best = load_checkpoint(run / "best.pt")
-    assert best["state"]["best"] == max(r["top1_fused"] for r in result.history)
+    # Selection reads val only; the fused head while it is trained, the mean of the scales before.
+    chosen = [r.get("val_top1_fused", r.get("val_top1_avg")) for r in result.history]
+    assert best["state"]["best"] == max(chosen) and "untrained" in rows[0]
+    assert set(best["trained_heads"]) >= {"s1", "s2", "s3", "avg"}
     model, cfg, names = load_model(run / "best.pt")
     assert cfg.model.num_classes == 4 and names == last["class_names"]
 
@@ -99,11 +102,13 @@ def test_run_folder_contents(tmp_path):
 @pytest.mark.parametrize(
     ("interval", "tested"), [(1, [1, 2, 3, 4, 5, 6]), (2, [2, 3, 4, 5, 6]), (0, [2, 3, 4, 5, 6]), (-1, [6])]
 )
-def test_eval_interval_decides_after_which_epochs_the_test_set_runs(tmp_path, interval, tested):
+def test_eval_interval_decides_after_which_epochs_the_val_set_runs(tmp_path, interval, tested):
     """Schedule: warm-up 2, APN pre-training 1, cls 1, APN 1, fusion 1 (global epochs 1-6)."""
-    result = training.fit(_config(tmp_path, f"train.eval_interval={interval}", "train.visualize=false"))
-    assert [row["global_epoch"] for row in result.history if "top1_fused" in row] == tested
-    assert result.metrics["top1_fused"] == result.history[-1]["top1_fused"]  # the final test is always there
+    cfg = _config(tmp_path, f"train.eval_interval={interval}", "train.visualize=false")
+    result = training.fit(cfg)
+    assert [row["global_epoch"] for row in result.history if "val_top1_avg" in row] == tested
+    assert not any(key.startswith("top1_") for row in result.history for key in row)  # no test reading in training
+    assert result.metrics["n_images"] == cfg.data.synthetic_test  # the test split, read once at the end
     assert (result.run_dir / "metrics.json").is_file() and (result.run_dir / "best.pt").is_file()
 
 

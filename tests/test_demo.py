@@ -25,8 +25,11 @@ def test_demo_config_is_the_recipe_with_overrides():
 
 def test_accuracy_rows_and_table():
     metrics = {"top1_s1": 0.5, "top5_s1": 0.9, "top1_s2": 0.75, "top5_s2": 1.0, "top1_1+2": 0.8, "top5_1+2": 1.0}
+    metrics |= {"top1_avg": 0.7, "top5_avg": 1.0}
     rows = accuracy_rows(metrics, {"top1": 0.6, "top5": 0.95}, num_scales=2)
-    assert [r[0] for r in rows] == ["scale 1", "scale 2", "fused 1+2", "baseline (1 scale)"]
+    assert [r[0] for r in rows] == ["scale 1", "scale 2", "fused 1+2", "mean of the scales", "baseline (1 scale)"]
+    untrained = accuracy_rows(metrics, {"top1": 0.6, "top5": 0.95}, 2, trained=["s1", "s2", "avg"])
+    assert [r[0] for r in untrained] == ["scale 1", "scale 2", "mean of the scales", "baseline (1 scale)"]
     assert rows[1][1:] == (75.0, 100.0)
     table = format_table(rows)
     assert "| scale 2 | 75.0 | 100.0 |" in table and table.count("\n") == len(rows) + 1

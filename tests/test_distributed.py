@@ -52,8 +52,8 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, _, class_names = load_model(run / "last.pt")
-        cfg = config_from_dict(load_checkpoint(run / "last.pt")["config"])
+        model, _, class_names = load_model(run / "best.pt")  # the model chosen on val is the one tested
+        cfg = config_from_dict(load_checkpoint(run / "best.pt")["config"])
         test_set = build_split(cfg, "test", model.mean, model.std)
         single = evaluate(
             model, make_eval_loader(test_set, 5), margin=cfg.train.margin,

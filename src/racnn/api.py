@@ -27,6 +27,7 @@ from racnn.config import Config, resolve_device
 from racnn.crop import boxes_to_xyxy
 from racnn.data.io import load_image
 from racnn.data.transforms import build_transforms
+from racnn.heads import head_logits, model_answer
 from racnn.model import RACNN
 from racnn.visualize import draw_attention, eval_forward, tensor_to_pil
 
@@ -151,6 +152,7 @@ class Predictor:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.mean, self.std = model_normalization(model)
+        self.answer = model_answer(model)  # "fused", or "avg" where the fusion heads were never trained
         self.input_size = config.model.input_size
         self.transform: v2.Compose = build_transforms(
             "test", self.input_size, self.mean, self.std, resize_ratio=config.data.resize_ratio
@@ -278,6 +280,8 @@ class Predictor:
 
         scale_tops = [top(logits) for logits in out.logits]
         fused_tops = {key: top(logits) for key, logits in out.fused.items()}
+        if self.answer == "avg":
+            fused_tops["avg"] = top(head_logits(out)["avg"])
         side = self.input_size
         boxes_norm = [b.float().cpu() for b in out.boxes_in_image]  # S-1 x (B, 3)
         boxes_px = [boxes_to_xyxy(b, (side, side)) for b in boxes_norm]  # S-1 x (B, 4), model-input pixels
@@ -294,7 +298,7 @@ class Predictor:
                     image_size=item.size,
                     scales=[scores(p[i], ix[i]) for p, ix in scale_tops],
                     fused={key: scores(p[i], ix[i]) for key, (p, ix) in fused_tops.items()},
-                    fused_key=fused_key(num_scales),
+                    fused_key=fused_key(num_scales) if self.answer == "fused" else "avg",
                     boxes=[tuple(b) for b in originals.tolist()] if boxes_px else [],
                     boxes_normalized=[tuple(b[i].tolist()) for b in boxes_norm],
                     crops=crops,
@@ -321,7 +325,8 @@ class Predictor:
             factor = max_side / max(image.size)
             image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))))
             boxes = [tuple(v * factor for v in box) for box in boxes]
-        first = f"s1: {_caption(prediction.scales[0][0])}\nfused: {_caption(prediction.top)}"
+        answer = "fused" if prediction.fused_key != "avg" else "mean of scales"
+        first = f"s1: {_caption(prediction.scales[0][0])}\n{answer}: {_caption(prediction.top)}"
         captions = [first] + [f"s{s + 1}: {_caption(items[0])}" for s, items in enumerate(prediction.scales) if s]
         return draw_attention(image, boxes, prediction.crops, captions)
 

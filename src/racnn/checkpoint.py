@@ -101,5 +101,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise CheckpointError(f"{described}: {e}") from e
     if missing or unexpected:
         raise CheckpointError(f"{described}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    model.trained_heads = ckpt.get("trained_heads")  # absent from checkpoints older than racnn 0.2
     model.to(map_location).eval()
     return model, cfg, list(ckpt.get("class_names") or [str(i) for i in range(cfg.model.num_classes)])

@@ -68,6 +68,8 @@ class DataConfig:
     resize_ratio: float = 512 / 448  # train/test resize the shorter side to input_size * resize_ratio
     hflip: bool = True
     skip_bad_files: bool = False  # skip unreadable images (counted, one warning) instead of failing
+    val_fraction: float = 0.1  # validation images carved from train, per class, where a layout has no val split
+    split_seed: int = 0  # seed of that carving (not train.seed: runs of every seed are chosen on the same images)
     synthetic_train: int = 1200  # built-in synthetic set: images per split and classes
     synthetic_test: int = 600
     synthetic_classes: int = 6
@@ -107,8 +109,8 @@ class TrainConfig:
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
     pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
-    best_metric: str = "top1_fused"  # top1_fused | top1_s1 | top1_s2 | ...
-    eval_interval: int = 1  # test every N epochs of a phase; 0: at each phase's end only; -1: at the run's end only
+    best_metric: str = "top1_fused"  # the val metric best.pt follows: top1_fused | top1_s1 | top1_s2 | top1_avg ...
+    eval_interval: int = 1  # validate every N epochs of a phase; 0: at each phase's end only; -1: at the run's end only
     rounds: int = 2
     warmup: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=0, lr=1e-3))
     apn_pretrain: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-3, weight_decay=0.0))
@@ -255,6 +257,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
     if not 0 < t.pretrain_side <= 1:
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if t.eval_interval < -1:
         raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
     if t.fusion_init not in ("classifiers", "random"):

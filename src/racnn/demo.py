@@ -42,12 +42,15 @@ def demo_config(small: bool = False, overrides: list[str] | None = None) -> Conf
     return load_config(DEMO_RECIPE, settings)
 
 
-def accuracy_rows(metrics: dict[str, Any], baseline: dict[str, Any], num_scales: int) -> list[tuple[str, float, float]]:
-    """Rows ``(name, top-1 %, top-5 %)``: each scale, each fusion, then the single-scale baseline."""
-    rows = [(f"scale {s}", metrics[f"top1_s{s}"], metrics[f"top5_s{s}"]) for s in range(1, num_scales + 1)]
-    for n in range(2, num_scales + 1):
-        head = RACNN.fusion_name(n)
-        rows.append((f"fused {head}", metrics[f"top1_{head}"], metrics[f"top5_{head}"]))
+def accuracy_rows(
+    metrics: dict[str, Any], baseline: dict[str, Any], num_scales: int, trained: list[str] | None = None
+) -> list[tuple[str, float, float]]:
+    """Rows ``(name, top-1 %, top-5 %)``: each scale, each fusion, the mean of the scales' probabilities, then the
+    single-scale baseline; heads not in ``trained`` (None: all) are left out."""
+    heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
+    heads += [(f"fused {RACNN.fusion_name(n)}", RACNN.fusion_name(n)) for n in range(2, num_scales + 1)]
+    heads.append(("mean of the scales", "avg"))
+    rows = [(name, metrics[f"top1_{h}"], metrics[f"top5_{h}"]) for name, h in heads if trained is None or h in trained]
     rows.append(("baseline (1 scale)", baseline["top1"], baseline["top5"]))
     return [(name, 100 * top1, 100 * top5) for name, top1, top5 in rows]
 
@@ -97,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
         baseline = train_baseline(cfg)
         base_seconds = time.perf_counter() - start
 
-    rows = accuracy_rows(result.metrics, baseline, cfg.model.num_scales)
+    rows = accuracy_rows(result.metrics, baseline, cfg.model.num_scales, result.trained_heads)
     table = format_table(rows)
     run_dir = Path(result.run_dir)
     (run_dir / "demo_table.md").write_text(table + "\n")

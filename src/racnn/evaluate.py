@@ -21,6 +21,7 @@ from typing import Any
 
 from racnn.checkpoint import CheckpointError
 from racnn.config import ConfigError
+from racnn.heads import answer_head
 from racnn.model import RACNN
 
 
@@ -32,7 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. --set data.root=/data/CUB_200_2011 --set data.eval_batch_size=8 --set train.device=cpu "
         "--set train.amp=bf16",
     )  # fmt: skip
-    parser.add_argument("--split", default="test", help="the split to evaluate: test (default), val or train")
+    parser.add_argument(
+        "--split", default="test", choices=("test", "val", "train"),
+        help="the split to evaluate: test (default), val (the validation split the run chose its model on: the "
+        "layout's own, or the same images carved from train) or train (what is left of train)",
+    )  # fmt: skip
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -41,17 +46,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--head", default=None,
         help="the head whose confusion matrix and per-class accuracy are written: fused (all scales), s1, s2, "
-        "..., 1+2, avg (default: the one train.best_metric names)",
+        "..., 1+2, avg (default: the one train.best_metric names; the mean of the scales, avg, where that head was "
+        "never trained)",
     )  # fmt: skip
 
 
-def format_table(metrics: dict[str, Any], num_scales: int) -> str:
-    """The per-scale table ``racnn eval`` prints (percentages)."""
+def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | None = None) -> str:
+    """The per-scale table ``racnn eval`` prints (percentages); heads not in ``trained`` (None: all) are marked."""
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
     heads += [(key, key) for key in (RACNN.fusion_name(n) for n in range(2, num_scales + 1))]
     heads.append(("mean prob.", "avg"))
     lines = [f"{'head':<12} {'top-1 %':>8} {'top-5 %':>8}"]
-    lines += [f"{name:<12} {100 * metrics[f'top1_{k}']:>8.2f} {100 * metrics[f'top5_{k}']:>8.2f}" for name, k in heads]
+    lines += [
+        f"{name:<12} {100 * metrics[f'top1_{k}']:>8.2f} {100 * metrics[f'top5_{k}']:>8.2f}"
+        + ("  (never trained: not an answer)" if trained is not None and k not in trained else "")
+        for name, k in heads
+    ]
     lines.append(f"{metrics['n_images']} images; ranking loss {metrics['rank_loss']:.4f}")
     lines.append(f"{'attention':<12} {'side %':>8} {'on obj. %':>9} {'IoU':>6}")
     for s in range(2, num_scales + 1):
@@ -84,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
         object_boxes = object_boxes_in_input(dataset, cfg.model.input_size, cfg.data.resize_ratio)
-        head = args.head or cfg.train.best_metric.split("_", 1)[-1]
+        trained = getattr(model, "trained_heads", None)
+        head = args.head or answer_head(cfg.train.best_metric.split("_", 1)[-1], trained, cfg.model.num_scales)
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
         metrics = evaluate(
             model, loader, device=device, margin=cfg.train.margin, amp=cfg.train.amp,
@@ -95,6 +106,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"racnn eval: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.checkpoint}: {cfg.data.dataset} {args.split}")
-    print(format_table(metrics, cfg.model.num_scales))
+    print(format_table(metrics, cfg.model.num_scales, trained))
     print(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv")
     return 0

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from racnn.backbones import build_backbone
 from racnn.crop import attention_crop, compose_boxes
+from racnn.heads import fusion_name
 
 __all__ = ["APN", "RACNN", "RACNNOutput", "apn_boxes"]
 
@@ -138,6 +139,8 @@ class RACNN(nn.Module):
         self.backbones = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(num_scales - 1)])
         self.apns = nn.ModuleList([APN(channels, apn_pool, apn_hidden, min_side) for _ in range(num_scales - 1)])
         self.classifiers = nn.ModuleList([nn.Linear(channels, num_classes) for _ in range(num_scales)])
+        # The heads some phase has trained (racnn.heads): set by training and read from checkpoints; None: unknown.
+        self.trained_heads: list[str] | None = None
         self.fusion = nn.ModuleDict(
             {self.fusion_name(n): nn.Linear(n * channels, num_classes) for n in range(2, num_scales + 1)}
         )
@@ -145,7 +148,7 @@ class RACNN(nn.Module):
     @staticmethod
     def fusion_name(n: int) -> str:
         """``"1+2+...+n"``, the key of the fusion head over the first ``n`` scales."""
-        return "+".join(str(s) for s in range(1, n + 1))
+        return fusion_name(n)
 
     @classmethod
     def from_config(cls, cfg: Any) -> RACNN:

@@ -39,11 +39,11 @@ def _shade_phases(ax, history: Sequence[dict[str, Any]]) -> None:
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Losses (top) and test top-1 per scale and fused (bottom) over epochs, with the phases shaded.
+    """Losses (top) and validation top-1 per trained head (bottom) over epochs, with the phases shaded.
 
     Args:
         history: one dict per epoch as :func:`racnn.training.fit` records it (keys ``phase``, ``phase_index``,
-            ``round``, ``train_*`` losses, ``top1_*`` test metrics).
+            ``round``, ``train_*`` losses, ``val_top1_*`` validation metrics of the trained heads).
         path: where to write the PNG.
 
     Returns:
@@ -57,12 +57,13 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) ->
         points = [(e, row[key]) for e, row in zip(epochs, history, strict=True) if _number(row.get(key))]
         if points:
             ax_loss.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("train_"))
-    acc_keys = sorted(k for k in {k for row in history for k in row} if k.startswith("top1_"))
+    acc_keys = sorted(k for k in {k for row in history for k in row} if k.startswith("val_top1_"))
     for key in acc_keys:
         points = [(e, 100 * row[key]) for e, row in zip(epochs, history, strict=True) if _number(row.get(key))]
         if points:
-            ax_acc.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("top1_"))
-    for ax, title in ((ax_loss, "training loss (mean over the epoch)"), (ax_acc, "test top-1 (%)")):
+            ax_acc.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("val_top1_"))
+    titles = ("training loss (mean over the epoch)", "validation top-1 (%), trained heads")
+    for ax, title in zip((ax_loss, ax_acc), titles, strict=True):
         _shade_phases(ax, history)
         if ax is ax_loss and loss_keys:
             ax.set_yscale("log")

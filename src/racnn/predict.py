@@ -93,10 +93,10 @@ def _cut(name: str, width: int) -> str:
 class _Table:
     """Fixed-width rows, printed as they come: file, fused top-1, each scale's top-1."""
 
-    def __init__(self, files: list[str], class_names: list[str], num_scales: int) -> None:
+    def __init__(self, files: list[str], class_names: list[str], num_scales: int, answer: str = "fused") -> None:
         self.file_width = max([len("file")] + [len(f) for f in files])
         self.name_width = min(MAX_NAME_WIDTH, max(len(n) for n in class_names))
-        heads = ["fused"] + [f"scale {s + 1}" for s in range(num_scales)]
+        heads = ["fused" if answer == "fused" else "mean of scales"] + [f"scale {s + 1}" for s in range(num_scales)]
         print(self._row("file", heads))
 
     def _row(self, file: str, cells: list[str]) -> str:
@@ -133,7 +133,8 @@ def main(args: argparse.Namespace) -> int:
         viz_dir.mkdir(parents=True, exist_ok=True)
     table = None
     if not args.json:
-        table = _Table([str(p) for p, _ in entries], predictor.class_names, predictor.config.model.num_scales)
+        num_scales = predictor.config.model.num_scales
+        table = _Table([str(p) for p, _ in entries], predictor.class_names, num_scales, predictor.answer)
 
     failed = 0
 

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from racnn.crop import boxes_to_xyxy
-from racnn.model import RACNN
+from racnn.heads import answer_head, head_logits
 
 __all__ = [
     "GAP",
@@ -202,13 +202,13 @@ def attention_grid(
     device = next(model.parameters()).device
     out = eval_forward(model, images.to(device))
     num_scales = len(out.logits)
-    fused_key = RACNN.fusion_name(num_scales)
+    answer = answer_head("fused", getattr(model, "trained_heads", None), num_scales)  # never an untrained head
     side = images.shape[-1]
     panel_size = panel_size or max(side, 160)
     zoom = panel_size / side
 
     scale_probs = [logits.float().softmax(-1).cpu() for logits in out.logits]  # S x (B, K)
-    fused_probs = out.fused[fused_key].float().softmax(-1).cpu()  # (B, K)
+    answer_probs = head_logits(out)[answer].softmax(-1).cpu()  # (B, K)
     boxes_px = [boxes_to_xyxy(b.float().cpu(), (side, side)) * zoom for b in out.boxes_in_image]  # S-1 x (B, 4)
     if targets is not None:
         targets = [int(t) for t in targets]
@@ -220,7 +220,8 @@ def attention_grid(
     rows = []
     for i in range(images.shape[0]):
         picture = tensor_to_pil(images[i], mean, std).resize((panel_size, panel_size), Image.Resampling.BILINEAR)
-        first = f"s1: {top1(scale_probs[0], i)}\nfused: {top1(fused_probs, i)}"
+        label = "fused" if answer == "fused" else "mean of scales"
+        first = f"s1: {top1(scale_probs[0], i)}\n{label}: {top1(answer_probs, i)}"
         if targets is not None:
             first += f"\ntrue: {_class_name(class_names, targets[i])}"
         captions = [first] + [f"s{s + 1}: {top1(scale_probs[s], i)}" for s in range(1, num_scales)]

@@ -57,7 +57,7 @@ def train_baseline(cfg: Config) -> dict[str, float]:
     model = SingleScaleBaseline(backbone, cfg.model.num_classes).to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_set, test_set = build_datasets(cfg, backbone.mean, backbone.std)
+    train_set, _, test_set = build_datasets(cfg, backbone.mean, backbone.std)  # trains on what RA-CNN trains on
     loader, sampler = make_train_loader(
         train_set, cfg.data.batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers
     )

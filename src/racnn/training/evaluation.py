@@ -24,8 +24,8 @@ from racnn.crop import boxes_to_xyxy
 from racnn.distributed import (
     all_reduce_sum,
 )
+from racnn.heads import head_logits, head_names
 from racnn.losses import ranking_losses
-from racnn.model import RACNN
 from racnn.training.precision import autocast
 
 
@@ -51,22 +51,6 @@ class _EvalSums:
     def all_reduce(self) -> None:
         for t in (self.topk, self.confusion, self.scalars):
             all_reduce_sum(t)
-
-
-def head_names(num_scales: int) -> list[str]:
-    """The heads :func:`evaluate` reports: ``s1..sS``, ``1+2``, ``1+2+3``..., ``fused`` and ``avg``."""
-    fusions = [RACNN.fusion_name(n) for n in range(2, num_scales + 1)]
-    return [f"s{s + 1}" for s in range(num_scales)] + fusions + ["fused", "avg"]
-
-
-def _head_logits(out) -> dict[str, Tensor]:
-    """Every head evaluated: scales ``s1..sS``, the fusion heads ``1+2 ...``, ``fused`` (all scales) and ``avg``
-    (mean of the per-scale softmax probabilities, a parameter-free fusion)."""
-    heads = {f"s{s + 1}": z.float() for s, z in enumerate(out.logits)}
-    heads.update({key: z.float() for key, z in out.fused.items()})
-    heads["fused"] = out.fused[RACNN.fusion_name(len(out.logits))].float()
-    heads["avg"] = torch.stack([z.float().softmax(-1) for z in out.logits]).mean(0).log()
-    return heads
 
 
 @torch.no_grad()
@@ -142,7 +126,7 @@ def evaluate(
 
 def _accumulate(sums: _EvalSums, out, targets: Tensor, margin: float, object_boxes: Tensor | None) -> None:
     n = targets.shape[0]
-    for h, (name, logits) in enumerate(_head_logits(out).items()):
+    for h, (name, logits) in enumerate(head_logits(out).items()):
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (B, 5)
         hits = top5 == targets[:, None]
         sums.topk[h, 0] += hits[:, 0].sum()

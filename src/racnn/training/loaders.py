@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from racnn.config import Config, ConfigError
+from racnn.data.splits import MERGED_VAL_LAYOUTS, SplitView, has_official_val, stratified_split
 from racnn.distributed import (
     DistInfo,
     ShardSampler,
@@ -115,26 +116,64 @@ def make_eval_loader(
     )
 
 
+def has_val_split(cfg: Config) -> bool:
+    """Whether ``cfg.data`` has a validation split (see :func:`build_split`)."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        return round(d.val_fraction * d.synthetic_train) > 0
+    return d.val_fraction > 0 or has_official_val(d.dataset, d.root, d.options)
+
+
 def build_split(cfg: Config, split: str, mean, std) -> Dataset:
-    """One split of ``cfg.data`` with the paper's transform for it (random crop + flip for train, centre crop
-    otherwise) at ``cfg.model.input_size``; the synthetic set is rendered at that size."""
-    from racnn.data import build_dataset, build_transforms
+    """One split of ``cfg.data`` (``train``, ``val`` or ``test``) with the paper's transform for it (random crop +
+    flip for train, centre crop otherwise) at ``cfg.model.input_size``.
+
+    ``val`` is the layout's own validation split where it has one (FGVC-Aircraft and Flowers-102, then read with
+    ``merge_val=False``; a folder with both ``val/`` and ``test/``; the synthetic set renders one of
+    ``round(val_fraction * synthetic_train)`` images); otherwise ``data.val_fraction`` of every class is carved
+    from train with ``data.split_seed`` and ``train`` is what is left. With ``val_fraction: 0`` and no split of
+    its own there is no val (asking for it is a :class:`ConfigError`) and ``train`` is the whole training split.
+    """
+    from racnn.data import build_transforms
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
+    d = cfg.data
+    transform = build_transforms(split, cfg.model.input_size, mean, std, d.resize_ratio, d.hflip)
+    if split == "val" and not has_val_split(cfg):
+        raise ConfigError(f"{d.dataset} has no validation split of its own and data.val_fraction is 0")
+    if split == "test" or d.dataset == "synthetic":
+        return _layout_split(cfg, split, transform)
+    if has_official_val(d.dataset, d.root, d.options):
+        merged = {"merge_val": False} if d.dataset in MERGED_VAL_LAYOUTS else {}
+        return _layout_split(cfg, split, transform, **merged)
+    whole = _layout_split(cfg, "train", transform)
+    if d.val_fraction == 0:
+        return whole
+    train_indices, val_indices = stratified_split(whole.targets, d.val_fraction, d.split_seed)
+    return SplitView(whole, train_indices if split == "train" else val_indices, split)
+
+
+def _layout_split(cfg: Config, split: str, transform, **extra) -> Dataset:
+    """The split as the layout defines it (the synthetic set rendered at the input size)."""
+    from racnn.data import build_dataset
 
     d = cfg.data
-    options = dict(d.options)
+    options = {**d.options, **extra}
     if d.dataset == "synthetic":
-        count = d.synthetic_train if split == "train" else d.synthetic_test
+        counts = {"train": d.synthetic_train, "val": round(d.val_fraction * d.synthetic_train)}
+        count = counts.get(split, d.synthetic_test)
         options = {"num_classes": d.synthetic_classes, "image_size": cfg.model.input_size,
                    "seed": d.synthetic_seed, "num_samples": count, **options}  # fmt: skip
     elif d.skip_bad_files:
         options["skip_bad_files"] = True
-    transform = build_transforms(split, cfg.model.input_size, mean, std, d.resize_ratio, d.hflip)
     return build_dataset(d.dataset, d.root, split, transform, **options)
 
 
-def build_datasets(cfg: Config, mean, std) -> tuple[Dataset, Dataset]:
-    """The train and test sets of ``cfg.data`` (see :func:`build_split`)."""
-    return build_split(cfg, "train", mean, std), build_split(cfg, "test", mean, std)
+def build_datasets(cfg: Config, mean, std) -> tuple[Dataset, Dataset | None, Dataset]:
+    """The train, val (None when there is none) and test sets of ``cfg.data`` (see :func:`build_split`)."""
+    val = build_split(cfg, "val", mean, std) if has_val_split(cfg) else None
+    return build_split(cfg, "train", mean, std), val, build_split(cfg, "test", mean, std)
 
 
 def object_boxes_in_input(dataset: Dataset, input_size: int, resize_ratio: float) -> Tensor | None:

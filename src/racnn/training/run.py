@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from racnn.checkpoint import CheckpointError, save_checkpoint
+from racnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from racnn.config import Config, ConfigError, config_to_dict, resolve_device
 from racnn.distributed import (
     DistInfo,
@@ -29,9 +29,10 @@ from racnn.distributed import (
     cleanup,
     init_distributed,
 )
+from racnn.heads import answer_head, head_names, heads_trained_by
 from racnn.model import RACNN
 from racnn.training.compiling import CompiledOrEager
-from racnn.training.evaluation import evaluate, head_names, scalar_metrics
+from racnn.training.evaluation import evaluate, scalar_metrics
 from racnn.training.loaders import (
     build_datasets,
     class_names_of,
@@ -61,11 +62,14 @@ from racnn.training.steps import EPOCH_FUNCTIONS
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` returns: the run folder, the final test metrics and one dict per epoch."""
+    """What :func:`fit` returns: the run folder, the test metrics of the model chosen on val (the split is read
+    once, at the end), one dict per epoch, and the heads trained in the chosen model (the others answer at random
+    and are left out of reports)."""
 
     run_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    trained_heads: list[str] = field(default_factory=list)
 
 
 def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
@@ -103,20 +107,32 @@ class _Run:
         ckpt = load_resume(resume) if resume is not None else None
         seed_everything(cfg.train.seed)
         self.model, self.mean, self.std = self._build_model(ckpt)
-        self.train_set, self.test_set = build_datasets(cfg, self.mean, self.std)
+        self.train_set, self.val_set, self.test_set = build_datasets(cfg, self.mean, self.std)
         self.class_names = class_names_of(self.test_set, cfg.model.num_classes)
         self.train_loader, self.sampler = make_train_loader(
             self.train_set, cfg.data.batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
             dist_info=dist_info, pin_memory=device.type == "cuda",
         )  # fmt: skip
-        self.test_loader = make_eval_loader(
-            self.test_set, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers, dist_info=dist_info,
-            pin_memory=device.type == "cuda",
-        )  # fmt: skip
-        self.object_boxes = object_boxes_in_input(self.test_set, cfg.model.input_size, cfg.data.resize_ratio)
+        self.eval_sets = {"val": self.val_set, "test": self.test_set}
+        self.eval_loaders = {
+            split: make_eval_loader(
+                data,
+                cfg.data.eval_batch_size,
+                num_workers=cfg.data.num_workers,
+                dist_info=dist_info,
+                pin_memory=device.type == "cuda",
+            )  # fmt: skip
+            for split, data in self.eval_sets.items()
+            if data is not None
+        }
+        self.object_boxes = {
+            split: object_boxes_in_input(data, cfg.model.input_size, cfg.data.resize_ratio)
+            for split, data in self.eval_sets.items() if data is not None
+        }  # fmt: skip
         self.schedule = expand_schedule(cfg.train)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
-        self.state = {"phase_index": 0, "epoch": 0, "global_epoch": 0, "global_step": 0, "best": None}
+        self.state = {"phase_index": 0, "epoch": 0, "global_epoch": 0, "global_step": 0, "best": None, "trained": []}
+        self.best_model: dict[str, Any] | None = None  # the weights best.pt holds, to be tested at the end
         self.history: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
         self.resume_ckpt = ckpt
@@ -125,9 +141,11 @@ class _Run:
             self.state.update(ckpt["state"])
             self.history = list(ckpt["state"]["history"])
             self.metrics = dict(ckpt["state"]["metrics"])
+            self.best_model = _best_weights(self.run_dir)
         else:
             self.run_dir = new_run_dir(cfg, dist_info)
         self.writer = tensorboard_writer(self.run_dir, cfg.train.tensorboard and self.main)
+        self.model.trained_heads = self.state["trained"]  # the same list, grown as phases end
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -164,8 +182,7 @@ class _Run:
         try:
             for index in range(self.state["phase_index"], len(self.schedule)):
                 self._run_phase(index)
-            if not self.metrics:  # a schedule without epochs: still report the model's accuracy
-                self.metrics = self._evaluate(final=True)
+            self._test()
             self._finish()
         except KeyboardInterrupt:
             if self.main:
@@ -174,7 +191,7 @@ class _Run:
         finally:
             if self.writer is not None:
                 self.writer.close()
-        return TrainResult(self.run_dir, self.metrics, self.history)
+        return TrainResult(self.run_dir, self.metrics, self.history, list(self._chosen_trained()))
 
     def _run_phase(self, index: int) -> None:
         kind, phase, round_index = self.schedule[index]
@@ -185,6 +202,7 @@ class _Run:
         first_epoch = self._restore(optimizer, scheduler)
         if kind == "fusion" and first_epoch == 0 and self.cfg.train.fusion_init == "classifiers":
             self._init_fusion()
+            self._mark_trained("fusion")
         net = self._wrap(kind)
         where = phase_label(index, len(self.schedule), kind, round_index)
         for epoch in range(first_epoch, phase.epochs):
@@ -199,11 +217,14 @@ class _Run:
 
     def _init_fusion(self) -> None:
         """``train.fusion_init=classifiers``: the fusion heads start as the sum of the scales' classifiers, scaled
-        by the feature norms of the first 32 training images (at most one test batch; the same images on every
-        process and on resume)."""
-        data = self.train_loader.dataset
-        count = min(len(data), 32, self.cfg.data.eval_batch_size)
-        items = [data[(self.state["global_epoch"], i)] for i in range(count)]
+        by the feature norms of the first 32 validation images (training images where there is no val; at most one
+        evaluation batch; the same images on every process and on resume)."""
+        count = min(32, self.cfg.data.eval_batch_size)
+        if self.val_set is not None:
+            items = [self.val_set[i] for i in range(min(len(self.val_set), count))]
+        else:
+            data = self.train_loader.dataset
+            items = [data[(self.state["global_epoch"], i)] for i in range(min(len(data), count))]
         images = torch.stack([item[0] for item in items])
         ctx = StepContext(self.device, self.cfg.train)
         images, _ = ctx.to_device(images, torch.zeros(0))
@@ -228,6 +249,7 @@ class _Run:
     def _end_epoch(self, index: int, epoch: int, stats: dict, optimizer, scheduler) -> None:
         kind, phase, round_index = self.schedule[index]
         broadcast_buffers(self.model)  # one model on every process for the evaluation and the checkpoint
+        self._mark_trained(kind)
         self.state.update(phase_index=index, epoch=epoch + 1, global_epoch=self.state["global_epoch"] + 1)
         self.state["global_step"] += int(stats["steps"])
         last = epoch + 1 == phase.epochs
@@ -237,8 +259,7 @@ class _Run:
         row.update({f"train_{k}": v for k, v in stats.items()})
         final = last and index + 1 == len(self.schedule)
         if final or (last and interval >= 0) or (interval > 0 and (epoch + 1) % interval == 0):
-            self.metrics = self._evaluate(final=final)
-            row.update(scalar_metrics(self.metrics))
+            row.update(self._validate())
         self.history.append(row)
         if self.main:
             log(epoch_line(row))
@@ -248,15 +269,50 @@ class _Run:
             optimizer = scheduler = None
         self._save(optimizer, scheduler, row)
 
-    def _evaluate(self, final: bool) -> dict[str, Any]:
+    def _mark_trained(self, kind: str) -> None:
+        trained = self.state["trained"]
+        trained += [h for h in heads_trained_by(kind, self.cfg.model.num_scales) if h not in trained]
+
+    def _selected_head(self, trained: list[str] | None = None) -> str:
+        """The head ``train.best_metric`` names, or the one answering for it while it is untrained."""
         head = self.cfg.train.best_metric.split("_", 1)[-1]
         head = head if head in head_names(self.cfg.model.num_scales) else "fused"
+        return answer_head(head, self.state["trained"] if trained is None else trained, self.cfg.model.num_scales)
+
+    def _evaluate(self, split: str, out_dir: Path | None = None, trained: list[str] | None = None) -> dict[str, Any]:
         return evaluate(
-            self.model, self.test_loader, device=self.device, margin=self.cfg.train.margin, amp=self.cfg.train.amp,
-            channels_last=self.cfg.train.channels_last, object_boxes=self.object_boxes,
-            class_names=self.class_names, confusion_head=head,
-            out_dir=self.run_dir if final else None,
+            self.model, self.eval_loaders[split], device=self.device, margin=self.cfg.train.margin,
+            amp=self.cfg.train.amp, channels_last=self.cfg.train.channels_last, object_boxes=self.object_boxes[split],
+            class_names=self.class_names, confusion_head=self._selected_head(trained), out_dir=out_dir,
         )  # fmt: skip
+
+    def _validate(self) -> dict[str, Any]:
+        """Val metrics of the trained heads, as ``val_<metric>`` (none without a val split); ``untrained`` lists
+        the heads left out."""
+        if "val" not in self.eval_loaders:
+            return {}
+        trained = set(self.state["trained"])
+        untrained = [h for h in head_names(self.cfg.model.num_scales) if h not in trained]
+        metrics = {
+            f"val_{key}": value
+            for key, value in scalar_metrics(self._evaluate("val")).items()
+            if not key.startswith(tuple(f"top{k}_{h}" for k in (1, 5) for h in untrained))
+        }
+        return {**metrics, "untrained": " ".join(untrained)} if untrained else metrics
+
+    def _test(self) -> None:
+        """Read the test split once, with the model chosen on val (the last one without a val split)."""
+        last = None
+        if self.best_model is not None:
+            last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.best_model)
+        self.metrics = self._evaluate("test", self.run_dir if self.main else None, self._chosen_trained())
+        self.metrics["chosen_epoch"] = self.state.get("best_epoch", self.state["global_epoch"])
+        if self.main:
+            path = self.run_dir / "model.safetensors"
+            save_safetensors(self.model, self.cfg, self.class_names, path, self._chosen_trained())
+        if last is not None:  # the model object ends as trained, as last.pt holds it
+            self.model.load_state_dict(last)
 
     def _end_phase(self, index: int) -> None:
         kind, _, round_index = self.schedule[index]
@@ -271,8 +327,9 @@ class _Run:
         except ImportError as e:
             warnings.warn(f"attention pictures skipped: racnn.visualize is not available ({e})", stacklevel=2)
             return
-        count = min(8, len(self.test_set))
-        items = [self.test_set[i] for i in range(count)]
+        shown = self.val_set if self.val_set is not None else self.train_set
+        count = min(8, len(shown))
+        items = [shown[i] for i in range(count)]
         images = torch.stack([item[0] for item in items]).to(self.device)
         targets = [int(item[1]) for item in items]
         grid = attention_grid(self.model, images, self.mean, self.std, self.class_names, targets=targets)
@@ -294,16 +351,23 @@ class _Run:
 
     def _save(self, optimizer, scheduler, row: dict[str, Any]) -> None:
         """``last.pt`` (everything needed to resume), and ``best.pt`` when ``train.best_metric`` improved."""
-        value = row.get(self.cfg.train.best_metric)
-        improved = value is not None and (self.state["best"] is None or value > self.state["best"])
+        metric = self.cfg.train.best_metric.split("_", 1)[0] + "_" + self._selected_head()
+        value = row.get(f"val_{metric}")
+        # A tie goes to the later epoch: the more trained model (the fusion heads over the mean they start from).
+        improved = value is not None and (self.state["best"] is None or value >= self.state["best"])
+        ended = self.state["phase_index"] >= len(self.schedule)  # the run's last epoch
+        keep_last = "val" not in self.eval_loaders and ended  # nothing to choose on: best.pt is the last model
         if improved:
-            self.state["best"] = value
+            self.state.update(best=value, best_epoch=self.state["global_epoch"], best_metric=f"val_{metric}")
+            self.state["best_trained"] = list(self.state["trained"])
+            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         if not self.main:
             return
         state = {**self.state, "history": self.history, "metrics": scalar_metrics(self.metrics)}
         payload = {
             "config": config_to_dict(self.cfg),
             "class_names": self.class_names,
+            "trained_heads": list(self.state["trained"]),
             "model": self.model.state_dict(),
             "state": state,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -312,17 +376,30 @@ class _Run:
             "rng": rng_state(),
         }
         save_checkpoint(self.run_dir / "last.pt", payload)
-        if improved:
+        if improved or keep_last:
             best = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
             save_checkpoint(self.run_dir / "best.pt", best)
 
     def _finish(self) -> None:
         if not self.main:
             return
-        save_safetensors(self.model, self.cfg, self.class_names, self.run_dir / "model.safetensors")
-        top = {k: v for k, v in scalar_metrics(self.metrics).items() if k.startswith("top1_")}
-        log("final test top-1: " + "  ".join(f"{k[5:]} {100 * v:.2f}" for k, v in top.items()))
+        trained = set(self._chosen_trained())
+        top = {k[5:]: v for k, v in scalar_metrics(self.metrics).items() if k.startswith("top1_") and k[5:] in trained}
+        how = (
+            f"the model of epoch {self.state['best_epoch']}, chosen on {self.state['best_metric']}"
+            if self.best_model is not None
+            else "the last model (no val split to choose on)"
+        )
+        log(f"test top-1 ({how}): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in top.items()))
         log(f"done: {self.run_dir}")
+
+    def _chosen_trained(self) -> list[str]:
+        """The heads trained in the model that is tested and shipped (the one chosen on val, else the last)."""
+        return (
+            self.state.get("best_trained", self.state["trained"])
+            if self.best_model is not None
+            else self.state["trained"]
+        )
 
     def _interrupted_message(self) -> str:
         if not (self.run_dir / "last.pt").is_file():
@@ -331,3 +408,9 @@ class _Run:
             f"interrupted: the last completed epoch is saved in {self.run_dir / 'last.pt'} (the epoch in "
             f"progress is not); continue with:\n  racnn train --resume {self.run_dir}"
         )
+
+
+def _best_weights(run_dir: Path) -> dict[str, Any] | None:
+    """The weights of ``run_dir/best.pt``, if a resumed run had chosen one."""
+    path = run_dir / "best.pt"
+    return load_checkpoint(path)["model"] if path.is_file() else None

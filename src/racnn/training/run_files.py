@@ -42,9 +42,10 @@ def epoch_line(row: dict[str, Any]) -> str:
         for k, v in row.items()
         if k.startswith("train_") and k[6:] not in ("lr", "images_per_s", "steps") and not k.startswith("train_acc")
     )
-    tests = " ".join(f"{k[5:]} {100 * v:.1f}" for k, v in row.items() if k.startswith("top1_"))
+    vals = " ".join(f"{k[9:]} {100 * v:.1f}" for k, v in row.items() if k.startswith("val_top1_"))
+    untrained = f" (untrained: {row['untrained']})" if row.get("untrained") and vals else ""
     speed = f"{row.get('train_images_per_s', 0):.1f} img/s"
-    return f"{where} {losses} | test top-1 {tests or '-'} | {speed}"
+    return f"{where} {losses} | val top-1 {vals or '-'}{untrained} | {speed}"
 
 
 def write_csv(history: list[dict[str, Any]], path: Path) -> None:
@@ -128,11 +129,15 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def save_safetensors(model: nn.Module, cfg: Config, class_names: list[str], path: Path) -> None:
+def save_safetensors(
+    model: nn.Module, cfg: Config, class_names: list[str], path: Path, trained_heads: list[str] | None = None
+) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "racnn", "config": json.dumps(config_to_dict(cfg)), "class_names": json.dumps(class_names)}
+    if trained_heads is not None:
+        metadata["trained_heads"] = json.dumps(trained_heads)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
