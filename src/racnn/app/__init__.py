@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--queue", type=int, default=32, metavar="N", help="requests in progress at once; more get 503 (default 32)"
     )
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log on stderr; info logs every request (default info)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -90,6 +96,6 @@ def main(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"note: listening on {args.host}: anyone who can reach this machine can use the model", flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully on Ctrl+C, then re-raises it
-        serve(app, sock)
+        serve(app, sock, log_level=args.log_level)
     print("racnn app: stopped")
     return 0
