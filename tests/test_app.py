@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -34,12 +35,13 @@ from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, make_checkpoint, write_
 from racnn.api import Predictor, load  # noqa: E402
 from racnn.app import MISSING_EXTRA  # noqa: E402
 from racnn.app.inference import Busy, ImageError, InferenceQueue, decode_image  # noqa: E402
-from racnn.app.server import BackgroundServer, Limits, RequestError, create_app, parse_multipart  # noqa: E402
+from racnn.app.server import BackgroundServer, Limits, RequestError, bind, create_app, parse_multipart  # noqa: E402
 from racnn.cli import main as cli_main  # noqa: E402
 from racnn.data.io import load_image  # noqa: E402
 from racnn.visualize import SCALE_COLORS  # noqa: E402
 
 BOUNDARY = "racnn-test-7c1e"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -456,3 +458,28 @@ def test_cli_serves_until_interrupted(files):
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_bound_socket_is_tcp_so_responses_are_not_held_by_nagle():
+    """asyncio disables Nagle's algorithm only on sockets whose proto is TCP; with it, each answer waits ~40 ms."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
+
+
+def test_bench_app_reduced():
+    command = [sys.executable, "benchmarks/bench_app.py", "--backbone", "tiny", "--input-size", "64", "--zoom-size",
+               "48", "--classes", "4", "--requests", "6", "--clients", "2", "--warmup", "1", "--threads", "1",
+               "--photo-size", "120", "90"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        "| clients | requests | requests/s | p50 ms | p95 ms | errors | mean batch | server peak RSS MiB |"
+        in done.stdout
+    )
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 2 |"))
+    clients, requests, rps, p50, p95, errors, batch, rss = (cell.strip() for cell in row.strip("|").split("|"))
+    assert (requests, errors) == ("6", "0") and float(rps) > 0 and 0 < float(p50) <= float(p95)
+    assert float(batch) >= 1 and float(rss) > 100
