@@ -49,12 +49,13 @@ class Chromium:
 
     Args:
         binary: the Chromium executable.
-        profile: an empty folder for the browser's profile (and its log, ``chromium.log``).
+        profile: a folder for the browser's profile (and its log, ``chromium.log``), made if missing.
         timeout: seconds to wait for any one reply.
     """
 
     def __init__(self, binary: str, profile: Path, timeout: float = 30.0) -> None:
         self.timeout = timeout
+        Path(profile).mkdir(parents=True, exist_ok=True)
         self.log = Path(profile) / "chromium.log"
         command_read, self._command_write = os.pipe()
         self._reply_read, reply_write = os.pipe()
