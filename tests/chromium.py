@@ -93,7 +93,11 @@ class Chromium:
         self._arrived = threading.Condition(self._lock)
         self._reader = threading.Thread(target=self._read, name="chromium-reader", daemon=True)
         self._reader.start()
-        self.version = self.call("Browser.getVersion")["product"]
+        try:
+            self.version = self.call("Browser.getVersion")["product"]
+        except (BrowserError, OSError):
+            self.close()
+            raise
 
     def _read(self) -> None:
         buffer = b""
@@ -143,7 +147,7 @@ class Chromium:
         return page
 
     def close(self) -> None:
-        with contextlib.suppress(BrowserError):
+        with contextlib.suppress(BrowserError, OSError):
             self.call("Browser.close")
         try:
             self.process.wait(10)

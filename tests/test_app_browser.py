@@ -1,7 +1,7 @@
 """racnn app in a real browser: headless Chromium opens the page, photos are chosen as a person chooses them, and
 the answer, the boxes drawn on the photo (in the DOM and in the rendered pixels), the zoomed regions, a bad file's
-message and the per-request file limit are checked. tests/chromium.py drives Chromium; without Chromium (Debian:
-apt-get install chromium) the test is skipped, saying so.
+message and the per-request file and size limits are checked. tests/chromium.py drives Chromium; without Chromium
+(Debian: apt-get install chromium) the test is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn", reason="racnn app needs the app extra: pip instal
 from chromium import BrowserError, Chromium, find_chromium  # noqa: E402
 from inference_fixtures import IMAGE_SIZES, make_checkpoint, write_images  # noqa: E402
 from racnn.api import Predictor, load  # noqa: E402
-from racnn.app.server import BackgroundServer, create_app  # noqa: E402
+from racnn.app.server import BackgroundServer, Limits, create_app  # noqa: E402
 from racnn.visualize import SCALE_COLORS  # noqa: E402
 
 CHROMIUM = find_chromium()
@@ -85,11 +85,12 @@ def _extent(pixels: np.ndarray, rgb: tuple[int, int, int]) -> tuple[int, int, in
 
 
 def test_page_shows_answer_boxes_zooms_and_a_bad_files_message(browser, predictor, files, tmp_path):
-    with BackgroundServer(create_app(predictor, name="tiny.pt")) as server:
+    limits = Limits(max_bytes=2 * 2**20)
+    with BackgroundServer(create_app(predictor, limits, name="tiny.pt")) as server:
         page = browser.new_page(width=1200, height=900)
         page.goto(server.url + "/")
-        limits = page.wait_for("document.getElementById('limits').textContent")
-        assert limits.startswith("Up to 8 photos at once, 20 MB in all, 40 megapixels each")
+        said = page.wait_for("document.getElementById('limits').textContent")
+        assert said.startswith("Up to 8 photos at once, 2 MB in all, 40 megapixels each")
         assert page.evaluate("document.getElementById('model').textContent").startswith("tiny.pt: tiny, 4 classes")
 
         page.set_files("#file-input", [files["wide.png"], files["notes.jpg"]])
@@ -133,3 +134,11 @@ def test_page_shows_answer_boxes_zooms_and_a_bad_files_message(browser, predicto
         page.set_files("#file-input", many)
         message = page.wait_for("document.querySelector('.batch-error')?.textContent")
         assert message == "9 photos: too many files: 9 in one request, at most 8"
+
+        # a photo over the upload limit: the server's answer, before it reads the upload, reaches the page
+        page.evaluate("document.querySelector('.batch').remove()")
+        big = tmp_path / "big.png"
+        big.write_bytes(files["square.png"].read_bytes() + bytes(3 * 2**20))
+        page.set_files("#file-input", [big])
+        message = page.wait_for("document.querySelector('.batch-error')?.textContent")
+        assert message == "big.png: upload of 3.0 MB is over the limit of 2 MB per request"
