@@ -62,8 +62,11 @@ def main(args: argparse.Namespace) -> int:
     positive = {"--topk": args.topk, "--max-mb": args.max_mb, "--max-files": args.max_files}
     positive |= {"--max-megapixels": args.max_megapixels, "--queue": args.queue, "--batch-size": args.batch_size}
     bad = [f"{flag} {value}" for flag, value in positive.items() if not value > 0]
-    if bad or not 0 <= args.port < 65536:
-        print(f"error: {', '.join(bad) or f'--port {args.port}'}: must be positive (a port: 0-65535)", file=sys.stderr)
+    if bad:
+        print(f"error: {', '.join(bad)}: must be positive", file=sys.stderr)
+        return 2
+    if not 0 <= args.port < 65536:
+        print(f"error: --port {args.port}: must be 0-65535 (0: any free port)", file=sys.stderr)
         return 2
     try:
         device = resolve_device(args.device)

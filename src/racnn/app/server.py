@@ -27,7 +27,7 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -282,6 +282,8 @@ def create_app(
             return _error(error.status, error.message)
         except Busy as error:  # closed while this request waited
             return _error(503, str(error))
+        except ClientDisconnect:  # nobody to answer; not a server error
+            return _error(400, "the client went away during the upload")
         except Exception as error:  # answer, log, stay up
             log.exception("POST /predict failed")
             return _error(500, f"internal error: {type(error).__name__}: {error}")
