@@ -103,8 +103,10 @@ function show(card, record, file) {
     const best = record.scales[scale][0];
     return el("figcaption", {}, `scale ${scale}: ${best.name} ${percent(best.prob)}`);
   };
-  const panels = el("div", { class: "panels" },
-    el("figure", { class: "input" }, el("div", { class: "stage" }, photo, overlay), caption("1")));
+  const stage = el("div", { class: "stage" }, photo, overlay);
+  photo.addEventListener("error", () => stage.replaceChildren( // e.g. TIFF: the model read it, the browser cannot
+    el("p", { class: "note" }, "This browser cannot display the photo; the boxes are in the JSON answer.")));
+  const panels = el("div", { class: "panels" }, el("figure", { class: "input" }, stage, caption("1")));
   for (const [scale, url] of Object.entries(record.crops || {})) {
     const zoom = el("img", { src: url, alt: `the region scale ${scale} zoomed into` });
     zoom.style.borderColor = color(scale);
