@@ -2,8 +2,8 @@
 
 No pip package and no chromedriver: Chromium started with ``--remote-debugging-pipe`` reads JSON commands from
 file descriptor 3 and writes replies and events to descriptor 4, each message ending in a NUL byte. This module
-opens a page, sets files on an ``<input type=file>`` (as a person choosing photos does), evaluates JavaScript,
-waits for conditions and takes screenshots; that is all the tests need.
+opens a page, sets files on an ``<input type=file>`` or drops them on the page (as a person choosing or dropping
+photos does), evaluates JavaScript, waits for conditions and takes screenshots; that is all the tests need.
 """
 
 from __future__ import annotations
@@ -205,6 +205,12 @@ class Page:
         if not node:
             raise BrowserError(f"no element matches {selector!r}")
         self.call("DOM.setFileInputFiles", {"nodeId": node, "files": [str(Path(p).resolve()) for p in paths]})
+
+    def drop_files(self, paths: list[Path], x: float = 100, y: float = 100) -> None:
+        """Drag files from outside the browser and drop them at ``(x, y)``, as a person dropping photos does."""
+        data = {"items": [], "files": [str(Path(p).resolve()) for p in paths], "dragOperationsMask": 1}
+        for kind in ("dragEnter", "dragOver", "drop"):
+            self.call("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
 
     def screenshot(self, clip: dict[str, float] | None = None, full_page: bool = False) -> bytes:
         """A PNG of the viewport, of ``clip`` (``x, y, width, height`` in CSS pixels) or of the whole page."""

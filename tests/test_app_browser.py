@@ -1,4 +1,4 @@
-"""racnn app in a real browser: headless Chromium opens the page, photos are chosen as a person chooses them, and
+"""racnn app in a real browser: headless Chromium opens the page, photos are chosen and dropped as a person does, and
 the answer, the boxes drawn on the photo (in the DOM and in the rendered pixels), the zoomed regions, a bad file's
 message and the per-request file and size limits are checked. tests/chromium.py drives Chromium; without Chromium
 (Debian: apt-get install chromium) the test is skipped, saying so.
@@ -125,6 +125,13 @@ def test_page_shows_answer_boxes_zooms_and_a_bad_files_message(browser, predicto
         for want, rgb in zip(expected.boxes, SCALE_COLORS, strict=False):
             drawn = _extent(pixels, rgb)
             assert drawn == pytest.approx([v * zoom for v in want], abs=3), (rgb, drawn)
+
+        # a photo dropped on the page is classified too
+        page.drop_files([files["tall.jpg"]], x=600, y=100)
+        dropped = page.wait_for(
+            "document.querySelector('.result[data-file=\"tall.jpg\"]:not(.pending) .fused-label')?.textContent"
+        )
+        assert dropped == predictor.predict(files["tall.jpg"])[0].top.name
 
         # more files than a request may hold: the page says so, as the server does
         many = []
