@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, make_checkpoint, write_images
-from racnn.api import ClassScore, Prediction, Predictor, load
+from racnn.api import ClassScore, Prediction, Predictor, PreparedImage, load
 from racnn.checkpoint import CheckpointError
 
 
@@ -77,6 +77,19 @@ def test_batched_tensor_and_batching(predictor, files):
         np.testing.assert_allclose(_probs(a), _probs(b), atol=1e-5)
     square = pil_to_tensor(images[2]).float()[None].repeat(2, 1, 1, 1) / 255  # (2, 3, 70, 70)
     assert len(predictor.predict(square)) == 2
+
+
+def test_prepared_images_predict_as_their_sources(predictor, files):
+    prepared = predictor.prepare(files["tall.jpg"])
+    assert prepared.tensor.shape == (3, 64, 64) and prepared.size == (50, 90)
+    assert prepared.source == str(files["tall.jpg"])
+    by_path, by_prepared = predictor.predict([files["tall.jpg"], prepared])
+    assert _probs(by_prepared) == _probs(by_path) and by_prepared.boxes == by_path.boxes
+    assert by_prepared.source == by_path.source and by_prepared.image_size == (50, 90)
+    with pytest.raises(ValueError, match="prepare takes one image, got 2"):
+        predictor.prepare(torch.rand(2, 3, 20, 20))
+    with pytest.raises(ValueError, match=r"shape \(3, 32, 32\), this model takes \(3, 64, 64\)"):
+        predictor.predict(PreparedImage(torch.zeros(3, 32, 32), (32, 32)))
 
 
 def test_boxes_map_back_through_resize_and_centre_crop(predictor):

@@ -36,12 +36,32 @@ __all__ = [
     "ImageInput",
     "Prediction",
     "Predictor",
+    "PreparedImage",
     "fused_key",
     "load",
     "model_normalization",
 ]
 
-ImageInput = Image.Image | str | os.PathLike | Tensor
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image after the test-time preprocessing (:meth:`Predictor.prepare`); ``predict`` takes it as it is.
+
+    Lets a caller preprocess in its own threads and keep only the small tensor, not the decoded image, while the
+    image waits for a batch (``racnn app`` does).
+
+    Attributes:
+        tensor: ``(3, S, S)`` normalised model input, S = ``input_size``.
+        size: ``(width, height)`` of the original image, to map the boxes back to it.
+        source: the file the image came from, or ``None``.
+    """
+
+    tensor: Tensor
+    size: tuple[int, int]
+    source: str | None = None
+
+
+ImageInput = Image.Image | str | os.PathLike | Tensor | PreparedImage
 
 
 def fused_key(num_scales: int) -> str:
@@ -122,13 +142,6 @@ class Prediction:
         }
 
 
-@dataclass
-class _Item:
-    tensor: Tensor  # (3, S, S) normalised
-    size: tuple[int, int]  # (W, H) of the original
-    source: str | None
-
-
 class Predictor:
     """A model from a checkpoint, its preprocessing and its class names, ready to classify images.
 
@@ -198,7 +211,7 @@ class Predictor:
         """Flatten the input into single images (a ``(B, 3, H, W)`` tensor gives B), checking types and ranges."""
         if isinstance(images, (list, tuple)):
             return [single for image in images for single in self._expand(image)]
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        if isinstance(images, (str, os.PathLike, Image.Image, PreparedImage)):
             return [images]
         if isinstance(images, Tensor):
             if images.dim() == 3:
@@ -220,17 +233,35 @@ class Predictor:
             "(B, 3, H, W) tensor, or a list of these"
         )
 
-    def _prepare(self, image: ImageInput) -> _Item:
-        """Load (for a path) and preprocess one image."""
+    def prepare(self, image: ImageInput) -> PreparedImage:
+        """Load (for a path) and preprocess one image, as :meth:`predict` does; thread-safe.
+
+        Raises:
+            racnn.data.ImageLoadError: a path that is missing or not a readable image.
+            ValueError: a batch of images, or a tensor outside the ranges :meth:`predict` accepts.
+        """
+        singles = self._expand(image)
+        if len(singles) != 1:
+            raise ValueError(f"prepare takes one image, got {len(singles)}; use predict for several")
+        return self._prepare(singles[0])
+
+    def _prepare(self, image: ImageInput) -> PreparedImage:
         source = None
+        if isinstance(image, PreparedImage):
+            side = self.input_size
+            if tuple(image.tensor.shape) != (3, side, side):
+                raise ValueError(
+                    f"prepared image has shape {tuple(image.tensor.shape)}, this model takes (3, {side}, {side})"
+                )
+            return image
         if isinstance(image, (str, os.PathLike)):
             source = str(Path(image))
             image = load_image(image)
         if isinstance(image, Image.Image):
             image = image if image.mode == "RGB" else image.convert("RGB")
-            return _Item(self.transform(image), image.size, source)
+            return PreparedImage(self.transform(image), image.size, source)
         height, width = image.shape[-2:]
-        return _Item(self.transform(image), (int(width), int(height)), source)
+        return PreparedImage(self.transform(image), (int(width), int(height)), source)
 
     @torch.no_grad()
     def predict(
@@ -244,9 +275,9 @@ class Predictor:
         """Classify images and report where each scale looked.
 
         Args:
-            images: a PIL image, a path (``str`` or ``Path``), a ``(3, H, W)`` or ``(B, 3, H, W)`` tensor, or a list
-                of these. Tensors are UN-normalised RGB, float in [0, 1] (or uint8), any size: they are resized and
-                cropped like images.
+            images: a PIL image, a path (``str`` or ``Path``), a ``(3, H, W)`` or ``(B, 3, H, W)`` tensor, a
+                :class:`PreparedImage`, or a list of these. Tensors are UN-normalised RGB, float in [0, 1] (or uint8),
+                any size: they are resized and cropped like images.
             topk: how many classes to report per scale and per fusion head (at most the number of classes).
             batch_size: images per forward pass.
             return_crops: also return each zoomed scale's input as PIL images (``Prediction.crops``).
@@ -268,7 +299,7 @@ class Predictor:
             predictions += self._decode(out, chunk, k, return_crops)
         return predictions
 
-    def _decode(self, out: Any, chunk: list[_Item], k: int, return_crops: bool) -> list[Prediction]:
+    def _decode(self, out: Any, chunk: list[PreparedImage], k: int, return_crops: bool) -> list[Prediction]:
         num_scales = len(out.logits)
 
         def top(logits: Tensor) -> tuple[list[list[float]], list[list[int]]]:

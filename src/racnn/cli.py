@@ -13,6 +13,7 @@ COMMANDS = {
     "eval": ("racnn.evaluate", "evaluate a checkpoint: per-scale and fused accuracy table"),
     "predict": ("racnn.predict", "classify images with a checkpoint; optional attention pictures"),
     "export": ("racnn.export", "export a checkpoint to ONNX or TorchScript"),
+    "app": ("racnn.app", "serve a checkpoint on a local web page and a JSON endpoint (needs racnn[app])"),
     "demo": ("racnn.demo", "train and evaluate on the built-in synthetic set in a few minutes (CPU)"),
 }
 DATA_COMMANDS = {

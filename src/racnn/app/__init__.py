@@ -1,0 +1,104 @@
+"""Serve a checkpoint on a local web page: drop photos, see the fused answer, each scale's answer, the attention
+boxes and the zoomed regions.
+
+The page and programs use the same endpoints: POST /predict (multipart/form-data file fields, or one image as
+the raw body; answers {"results": [...]} with one `racnn predict --json` object per file), GET /health. One
+model serves every client: a worker thread batches the queued images; when --queue requests are in progress,
+more are answered 503 "busy". Nothing is written to disk. Binds 127.0.0.1 unless --host says otherwise.
+Needs the app extra: pip install 'racnn[app]'.
+
+Example:
+  racnn app --checkpoint runs/cub/best.pt            # then open http://127.0.0.1:8000/
+  curl -F file=@bird.jpg http://127.0.0.1:8000/predict
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from racnn.checkpoint import CheckpointError
+from racnn.config import ConfigError, resolve_device
+
+MISSING_EXTRA = "error: racnn app needs the web server of the app extra (starlette, uvicorn): pip install 'racnn[app]'"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes reported per scale (default 5)")
+    parser.add_argument("--max-mb", type=float, default=20.0, help="upload limit per request, MB (default 20)")
+    parser.add_argument("--max-files", type=int, default=8, metavar="N", help="files per request (default 8)")
+    parser.add_argument(
+        "--max-megapixels", type=float, default=40.0, metavar="MPX", help="pixels per image, millions (default 40)"
+    )
+    parser.add_argument(
+        "--queue", type=int, default=32, metavar="N", help="requests in progress at once; more get 503 (default 32)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="server log on stderr; info logs every request (default info)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
+    from racnn.api import load
+    from racnn.app.server import Limits, bind, create_app, serve
+
+    positive = {"--topk": args.topk, "--max-mb": args.max_mb, "--max-files": args.max_files}
+    positive |= {"--max-megapixels": args.max_megapixels, "--queue": args.queue, "--batch-size": args.batch_size}
+    bad = [f"{flag} {value}" for flag, value in positive.items() if not value > 0]
+    if bad:
+        print(f"error: {', '.join(bad)}: must be positive", file=sys.stderr)
+        return 2
+    if not 0 <= args.port < 65536:
+        print(f"error: --port {args.port}: must be 0-65535 (0: any free port)", file=sys.stderr)
+        return 2
+    try:
+        device = resolve_device(args.device)
+    except (ConfigError, RuntimeError) as e:  # torch.device("gpu") raises RuntimeError
+        print(f"error: --device {args.device}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        predictor = load(args.checkpoint, device=device)
+    except (CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+
+    limits = Limits(
+        max_bytes=int(args.max_mb * 2**20),
+        max_files=args.max_files,
+        max_pixels=int(args.max_megapixels * 1e6),
+        max_requests=args.queue,
+    )
+    name = Path(args.checkpoint).name
+    app = create_app(predictor, limits, topk=args.topk, batch_size=args.batch_size, name=name)
+    host, port = sock.getsockname()[:2]
+    url_host = f"[{host}]" if ":" in host else host
+    print(f"racnn app: {name} ({predictor.config.model.backbone}, {len(predictor.class_names)} classes) on {device}")
+    print(f"open http://{url_host}:{port}/  (Ctrl+C stops)", flush=True)
+    if args.host not in LOOPBACK:
+        print(f"note: listening on {args.host}: anyone who can reach this machine can use the model", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully on Ctrl+C, then re-raises it
+        serve(app, sock, log_level=args.log_level)
+    print("racnn app: stopped")
+    return 0
