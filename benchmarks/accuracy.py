@@ -1,15 +1,26 @@
-"""Accuracy of RA-CNN against a single-scale baseline on a CUB-layout data set.
+"""Accuracy of RA-CNN against the controls that separate the attention's share from the extra networks'.
 
-Trains the single-scale baseline (same backbone, pre-trained weights, scale-1 input size, classification epochs
-and seed) and RA-CNN with a recipe (default: cpu_lite0_cub50, EfficientNet-Lite0 ImageNet weights),
-prints one table (baseline, scale 1, 2, 3, fused 1+2, 1+2+3, the parameter-free mean of the scales'
-probabilities; top-1 and top-5; wall time) and, with --record, appends it to docs/BENCHMARKS.md with the
-command, the machine and the date.
+On the same data, seeds and budget (METHOD §6), one row per model and seed, printed as soon as it is known:
 
-    python benchmarks/accuracy.py --data ../shared/data/cub50 --record
-    python benchmarks/accuracy.py --data /data/CUB_200_2011 --config paper_vgg19_cub
+- **baseline**: one network, the scale-1 backbone at the scale-1 size, RA-CNN's classification epochs;
+- **ensemble**: the mean probabilities of as many baselines as RA-CNN has scales (seeds s, s+1, ...: the same
+  number of networks and training images; the members are the baselines of the other seeds);
+- **fixed zoom**: RA-CNN with the attention off, every box centred with the recipe's side
+  (``model.fixed_side = train.pretrain_side``), no APN phases;
+- **APN pre-trained only**: RA-CNN without the ranking phase (``train.apn.epochs=0``);
+- **RA-CNN**: the full schedule, branched off the pre-trained-only run where the ranking phase starts (the shared
+  phases run once: the pre-trained-only run keeps its phase checkpoints and the full run resumes from the one
+  before its first APN phase).
 
-The data path is an argument; any CUB_200_2011-layout folder works unchanged.
+Models are chosen on the validation split (``data.val_fraction``); the test split is read once per model. Then a
+summary: mean and spread (min-max) over the seeds of val and test top-1, and test top-1 of scales 1-3 for the
+RA-CNN variants. ``--record`` appends the tables to docs/BENCHMARKS.md with the command, the machine (CPU model,
+whether it has oneDNN bf16 kernels) and the date.
+
+    python benchmarks/accuracy.py --data ../shared/data/cub50 --seeds 0,1 --record
+    python benchmarks/accuracy.py --data /data/CUB_200_2011 --config paper_vgg19_cub --seeds 0,1,2
+
+The data path is an argument; any CUB_200_2011-layout folder works unchanged (``--dataset`` for others).
 """
 
 from __future__ import annotations
@@ -21,26 +32,36 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 
 import torch
 
-from racnn.config import load_config
-from racnn.model import RACNN
-from racnn.training import fit, train_baseline
+from racnn.checkpoint import load_checkpoint, save_checkpoint
+from racnn.config import Config, load_config, save_config
+from racnn.training import expand_schedule, fit, train_baseline
+from racnn.training.baseline import topk_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("baseline", "ensemble", "fixed", "pretrained", "racnn")
+NAMES = {
+    "baseline": "baseline (1 network)",
+    "ensemble": "ensemble of {S} baselines",
+    "fixed": "fixed zoom (attention off)",
+    "pretrained": "APN pre-trained only",
+    "racnn": "RA-CNN",
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="a CUB_200_2011-layout folder")
+    parser.add_argument("--data", default=None, help="the data set folder (a CUB_200_2011 layout by default)")
     parser.add_argument("--config", default="cpu_lite0_cub50", help="the recipe")
     parser.add_argument("--dataset", default="cub", help="data set layout name (default: cub)")
     parser.add_argument("--output-dir", default="runs/accuracy", help="where the runs go")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default: 0,1)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"which rows, of {','.join(MODELS)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the baseline")
-    parser.add_argument("--record", action="store_true", help="append the table to docs/BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="append the tables to docs/BENCHMARKS.md")
     return parser
 
 
@@ -53,53 +74,166 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    bf16 = "oneDNN bf16 kernels" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no oneDNN bf16 kernels"
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+    return f"{cpu} ({bf16}), {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
 
 
-def table(rows: list[tuple[str, float, float, str]]) -> str:
-    lines = ["| model | top-1 % | top-5 % | wall time |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {top1:.1f} | {top5:.1f} | {wall} |" for name, top1, top5, wall in rows]
-    return "\n".join(lines)
+class Rows:
+    """The per-seed table, printed row by row as results arrive."""
+
+    HEADER = "| model | seed | val top-1 % | test top-1 % | test s1 | test s2 | test s3 | wall |"
+    RULE = "|---|---:|---:|---:|---:|---:|---:|---:|"
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        print(self.HEADER + "\n" + self.RULE, flush=True)
+
+    def add(self, model: str, seed: int, val: float | None, test: float, scales=(), wall: float = 0.0) -> None:
+        row = {"model": model, "seed": seed, "val": val, "test": test, "scales": list(scales), "wall": wall}
+        self.rows.append(row)
+        print(self.format(row), flush=True)
+
+    @staticmethod
+    def format(row: dict) -> str:
+        cells = [_pct(row["val"]), _pct(row["test"])] + [_pct(v) for v in (row["scales"] + [None] * 3)[:3]]
+        return f"| {row['model']} | {row['seed']} | " + " | ".join(cells) + f" | {row['wall'] / 60:.1f} min |"
+
+    def table(self) -> str:
+        return "\n".join([self.HEADER, self.RULE] + [self.format(r) for r in self.rows])
+
+    def summary(self) -> str:
+        lines = ["| model | seeds | val top-1 % (min-max) | test top-1 % (min-max) | test s1 / s2 / s3 (means) |"]
+        lines.append("|---|---:|---:|---:|---:|")
+        for model in dict.fromkeys(r["model"] for r in self.rows):
+            rows = [r for r in self.rows if r["model"] == model]
+            scales = [mean(r["scales"][s] for r in rows) for s in range(len(rows[0]["scales"]))]
+            lines.append(
+                f"| {model} | {len(rows)} | {_spread([r['val'] for r in rows])} | "
+                f"{_spread([r['test'] for r in rows])} | {' / '.join(f'{100 * v:.1f}' for v in scales) or '-'} |"
+            )
+        return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _spread(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return f"{100 * mean(values):.1f} ({100 * min(values):.1f}-{100 * max(values):.1f})"
+
+
+def _fit_row(result) -> tuple[float | None, float, list[float]]:
+    """Val top-1 of the chosen epoch's answer, its test top-1 and the scales' test top-1."""
+    m = result.metrics
+    answer = "fused" if "fused" in result.trained_heads else "avg"
+    chosen = [r for r in result.history if r["global_epoch"] == m["chosen_epoch"]]
+    val = chosen[0].get(f"val_top1_{answer}") if chosen else None
+    scales = [m[f"top1_s{s}"] for s in range(1, 4) if f"top1_s{s}" in m]
+    return val, m[f"top1_{answer}"], scales
+
+
+def _branch(pre_dir: Path, cfg: Config, out: Path) -> Path:
+    """A run folder that resumes the full schedule from the pre-trained-only run, where the two part."""
+    schedule = expand_schedule(cfg.train)
+    first_apn = next(i for i, (kind, _, _) in enumerate(schedule) if kind == "apn")
+    ckpt = load_checkpoint(pre_dir / f"phase{first_apn}_{schedule[first_apn - 1][0]}.pt")
+    ckpt["state"]["best"] = None  # the full run chooses among its own epochs from here on
+    out.mkdir(parents=True)
+    save_config(cfg, out / "config.yaml")
+    save_checkpoint(out / "last.pt", ckpt)
+    return out
+
+
+def run(args: argparse.Namespace) -> Rows:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; choose from {MODELS}")
+    base_overrides = [f"data.dataset={args.dataset}", f"train.output_dir={args.output_dir}", *args.overrides]
+    if args.data is not None:
+        base_overrides.insert(0, f"data.root={args.data}")
+
+    def config(seed: int, *extra: str) -> Config:
+        return load_config(args.config, [*base_overrides, f"train.seed={seed}", *extra])
+
+    scales = config(seeds[0]).model.num_scales
+    rows = Rows()
+    baselines: dict[int, dict] = {}
+    if {"baseline", "ensemble"} & set(models):
+        needed = sorted({s + i for s in seeds for i in range(scales if "ensemble" in models else 1)})
+        for seed in needed:
+            start = time.perf_counter()
+            baselines[seed] = train_baseline(config(seed), keep_probs=True)
+            baselines[seed]["wall"] = time.perf_counter() - start
+            if "baseline" in models and seed in seeds:
+                b = baselines[seed]
+                rows.add(NAMES["baseline"], seed, b.get("val_top1"), b["top1"], wall=b["wall"])
+    if "ensemble" in models:
+        for seed in seeds:
+            members = [baselines[seed + i] for i in range(scales)]
+            accuracy = {}
+            for split in members[0]["probs"]:
+                probs = torch.stack([m["probs"][split] for m in members]).mean(0)
+                accuracy[split] = topk_accuracy(probs, members[0]["targets"][split])["top1"]
+            wall = sum(m["wall"] for m in members)
+            rows.add(NAMES["ensemble"].format(S=scales), seed, accuracy.get("val"), accuracy["test"], wall=wall)
+    for seed in seeds:
+        cfg = config(seed)
+        if "fixed" in models:
+            side = cfg.train.pretrain_side
+            fixed = config(seed, f"model.fixed_side={side}", "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
+                           f"train.name={cfg.train.name}_fixed_s{seed}")  # fmt: skip
+            start = time.perf_counter()
+            result = fit(fixed)
+            val, test, per_scale = _fit_row(result)
+            rows.add(NAMES["fixed"], seed, val, test, per_scale, time.perf_counter() - start)
+        if {"pretrained", "racnn"} & set(models):
+            name = f"{cfg.train.name}_pretrained_s{seed}"
+            pre_cfg = config(seed, "train.apn.epochs=0", "train.keep_phase_checkpoints=true", f"train.name={name}")
+            start = time.perf_counter()
+            pre = fit(pre_cfg)
+            pre_wall = time.perf_counter() - start
+            if "pretrained" in models:
+                rows.add(NAMES["pretrained"], seed, *_fit_row(pre), pre_wall)
+            if "racnn" in models:
+                full_cfg = config(seed, f"train.name={cfg.train.name}_s{seed}")
+                start = time.perf_counter()
+                out = Path(args.output_dir) / full_cfg.train.name
+                result = fit(full_cfg, resume=_branch(pre.run_dir, full_cfg, out))
+                shared = sum(r["global_epoch"] <= _shared_epochs(full_cfg) for r in pre.history) / len(pre.history)
+                rows.add(NAMES["racnn"], seed, *_fit_row(result), time.perf_counter() - start + shared * pre_wall)
+    return rows
+
+
+def _shared_epochs(cfg: Config) -> int:
+    """Epochs of the phases before the first APN phase: those the full run shares with the pre-trained-only run."""
+    total = 0
+    for kind, phase, _ in expand_schedule(cfg.train):
+        if kind == "apn":
+            return total
+        total += phase.epochs
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    overrides = [
-        f"data.dataset={args.dataset}",
-        f"data.root={args.data}",
-        f"train.output_dir={args.output_dir}",
-        f"train.seed={args.seed}",
-        *args.overrides,
-    ]
-    cfg = load_config(args.config, overrides)
-    rows: list[tuple[str, float, float, str]] = []
-    if not args.no_baseline:
-        start = time.perf_counter()
-        base = train_baseline(cfg)
-        wall = f"{(time.perf_counter() - start) / 60:.1f} min"
-        rows.append((f"baseline (1 scale, {base['epochs']} epochs)", 100 * base["top1"], 100 * base["top5"], wall))
-    start = time.perf_counter()
-    result = fit(cfg)
-    wall = f"{(time.perf_counter() - start) / 60:.1f} min"
-    m = result.metrics
-    for s in range(1, cfg.model.num_scales + 1):
-        rows.append((f"RA-CNN scale {s}", 100 * m[f"top1_s{s}"], 100 * m[f"top5_s{s}"], wall if s == 1 else ""))
-    for n in range(2, cfg.model.num_scales + 1):
-        head = RACNN.fusion_name(n)
-        rows.append((f"RA-CNN fused {head}", 100 * m[f"top1_{head}"], 100 * m[f"top5_{head}"], ""))
-    rows.append(("RA-CNN mean of the scales' probabilities", 100 * m["top1_avg"], 100 * m["top5_avg"], ""))
-
-    text = table(rows)
-    print(text)
-    print(f"run folder: {result.run_dir}")
+    rows = run(args)
+    summary = rows.summary()
+    print("\n" + summary)
     if args.record:
         command = "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        data = Path(args.data).name if args.data else args.dataset
         block = (
-            f"\n### {Path(args.data).name}, {Path(args.config).name}, seed {args.seed} ({stamp})\n\n"
-            f"```\n{command}\n```\n\nMachine: {machine()}. {m['n_images']} test images; "
-            f"RA-CNN run folder `{result.run_dir}`.\n\n{text}\n"
+            f"\n### {data}, {Path(args.config).name}, seeds {args.seeds}: RA-CNN and its controls ({stamp})\n\n"
+            f"```\n{command}\n```\n\nMachine: {machine()}. Models chosen on val, the test split read once each. "
+            f"The RA-CNN row's wall time counts the phases it shares with the pre-trained-only run.\n\n"
+            f"{rows.table()}\n\n{summary}\n"
         )
         with open(ROOT / "docs" / "BENCHMARKS.md", "a") as f:
             f.write(block)

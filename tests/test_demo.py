@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import make_cub
+from racnn.checkpoint import load_checkpoint
 from racnn.cli import main as cli_main
 from racnn.demo import accuracy_rows, demo_config, format_table
 
@@ -102,12 +103,12 @@ def test_accuracy_benchmark_reduced(tmp_path):
     ]  # fmt: skip
     args = ["benchmarks/accuracy.py", "--data", str(root), "--output-dir", str(tmp_path / "runs")]
     out = _run(*args, *[a for s in settings for a in ("--set", s)])
-    assert "| model | top-1 % | top-5 % | wall time |" in out
-    for row in (
-        "| baseline (1 scale",
-        "| RA-CNN scale 1 |",
-        "| RA-CNN scale 3 |",
-        "| RA-CNN fused 1+2+3 |",
-        "| RA-CNN mean of",
-    ):
-        assert row in out
+    assert "| model | seed | val top-1 % | test top-1 % | test s1 | test s2 | test s3 | wall |" in out
+    for model in ("baseline (1 network)", "ensemble of 3 baselines", "fixed zoom (attention off)",
+                  "APN pre-trained only", "RA-CNN"):  # fmt: skip
+        assert f"| {model} | 0 |" in out and f"| {model} | 1 |" in out, model  # two seeds by default
+        assert f"| {model} | 2 |" in out.split("| model | seeds |")[1]  # the summary over both seeds
+    # The full run branched off the pre-trained-only run's checkpoint at the end of its classification phase.
+    assert (tmp_path / "runs" / "cpu_lite0_cub50_pretrained_s0" / "phase2_cls.pt").is_file()
+    history = load_checkpoint(tmp_path / "runs" / "cpu_lite0_cub50_s0" / "last.pt")["state"]["history"]
+    assert list(dict.fromkeys(row["phase"] for row in history)) == ["apn_pretrain", "cls", "apn", "fusion"]

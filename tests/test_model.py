@@ -203,3 +203,16 @@ def test_fusion_heads_start_as_the_sum_of_the_scales_classifiers(num_scales):
         out = model(batch)
     fused, summed = out.fused[model.fusion_name(num_scales)], sum(out.logits)
     assert (fused.argmax(1) == summed.argmax(1)).float().mean() >= 0.75
+
+
+def test_fixed_side_turns_the_attention_off_with_centred_boxes():
+    model = RACNN(backbone="tiny", num_classes=3, num_scales=3, input_size=64, zoom_size=32, apn_hidden=8,
+                  fixed_side=0.5)  # fmt: skip
+    out = model(torch.rand(2, 3, 64, 64))
+    for boxes in out.boxes:
+        assert torch.equal(boxes, torch.tensor([[0.5, 0.5, 0.25]] * 2))
+    assert torch.allclose(out.boxes_in_image[1], torch.tensor([[0.5, 0.5, 0.125]] * 2))  # a centred zoom of a zoom
+    sum(z.sum() for z in out.logits).backward()
+    assert all(p.grad is None for p in model.apns.parameters())  # nothing for an APN to learn
+    learnt = RACNN(backbone="tiny", num_classes=3, num_scales=3, input_size=64, zoom_size=32, apn_hidden=8)
+    assert learnt.state_dict().keys() == model.state_dict().keys()  # same checkpoints either way

@@ -53,6 +53,7 @@ class ModelConfig:
     apn_pool: int = 7  # the APN pools the conv map to apn_pool x apn_pool before its fc layers
     apn_hidden: int = 1024  # APN hidden width (authors' code: 1024)
     mask_k: float = 10.0  # steepness of the boxcar mask's logistic, per input pixel
+    fixed_side: float = 0.0  # 0: the APNs learn their boxes; > 0: attention off, every box centred with this side
 
 
 @dataclass
@@ -121,6 +122,7 @@ class TrainConfig:
     progress: bool = True  # tqdm bars
     tensorboard: bool = True  # when the tensorboard package is installed
     visualize: bool = True  # attention grid after each round and curves.png
+    keep_phase_checkpoints: bool = False  # also keep last.pt as phase<N>_<kind>.pt at the end of every phase
 
 
 @dataclass
@@ -249,6 +251,8 @@ def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if not 2 <= m.num_scales <= 4:
         raise ConfigError(f"model.num_scales must be 2, 3 or 4, got {m.num_scales}")
+    if not 0 <= m.fixed_side <= 1:
+        raise ConfigError(f"model.fixed_side must be 0 (learnt boxes) or in (0, 1], got {m.fixed_side}")
     if not 0 < m.min_side < 1:
         raise ConfigError(f"model.min_side must be in (0, 1), got {m.min_side}")
     if m.input_size < 16 or m.zoom_size < 16:

@@ -47,14 +47,20 @@ class APN(nn.Module):
     """Attention proposal network: conv map -> box in the coordinates of the map's input.
 
     Adaptive average pooling to ``pool x pool`` makes it independent of the input size; then
-    fc -> tanh -> fc -> :func:`apn_boxes`.
+    fc -> tanh -> fc -> :func:`apn_boxes`. With ``fixed_side > 0`` the attention is off: every image gets the centred
+    box of that side (the "fixed zoom" control; the layers stay, so checkpoints keep their shape).
     """
 
-    def __init__(self, in_channels: int, pool: int = 7, hidden: int = 1024, min_side: float = 1 / 3) -> None:
+    def __init__(
+        self, in_channels: int, pool: int = 7, hidden: int = 1024, min_side: float = 1 / 3, fixed_side: float = 0.0
+    ) -> None:
         super().__init__()
         if not 0 < min_side <= 1:
             raise ValueError(f"min_side must be in (0, 1], got {min_side}")
+        if not 0 <= fixed_side <= 1:
+            raise ValueError(f"fixed_side must be 0 or in (0, 1], got {fixed_side}")
         self.min_side = float(min_side)
+        self.fixed_side = float(fixed_side)
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.fc1 = nn.Linear(in_channels * pool * pool, hidden)
         self.fc2 = nn.Linear(hidden, 3)
@@ -64,6 +70,9 @@ class APN(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, feature_map: Tensor) -> Tensor:
+        if self.fixed_side > 0:
+            box = feature_map.new_tensor([0.5, 0.5, self.fixed_side / 2])
+            return box.expand(feature_map.shape[0], 3)  # (B, 3), no gradient to the APN
         x = self.pool(feature_map).flatten(1)  # (B, C * pool * pool)
         raw = self.fc2(torch.tanh(self.fc1(x)))  # (B, 3)
         return apn_boxes(raw, self.min_side)  # (B, 3)
@@ -105,6 +114,7 @@ class RACNN(nn.Module):
         apn_pool: the APN pools the conv map to ``apn_pool x apn_pool``.
         apn_hidden: width of the APN's hidden layer.
         mask_k: steepness of the crop's boxcar mask, per pixel of the image.
+        fixed_side: 0 (the APNs learn their boxes), or the side of the centred box every APN proposes instead.
         pretrained: see :func:`racnn.backbones.build_backbone`; all scales start from the same weights.
     """
 
@@ -120,6 +130,7 @@ class RACNN(nn.Module):
         apn_hidden: int = 1024,
         mask_k: float = 10.0,
         pretrained: str | None = None,
+        fixed_side: float = 0.0,
     ) -> None:
         super().__init__()
         if not 2 <= num_scales <= 4:
@@ -137,7 +148,9 @@ class RACNN(nn.Module):
         channels = first.out_channels
         # Same initial weights at every scale, separate parameters.
         self.backbones = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(num_scales - 1)])
-        self.apns = nn.ModuleList([APN(channels, apn_pool, apn_hidden, min_side) for _ in range(num_scales - 1)])
+        self.apns = nn.ModuleList(
+            [APN(channels, apn_pool, apn_hidden, min_side, fixed_side) for _ in range(num_scales - 1)]
+        )
         self.classifiers = nn.ModuleList([nn.Linear(channels, num_classes) for _ in range(num_scales)])
         # The heads some phase has trained (racnn.heads): set by training and read from checkpoints; None: unknown.
         self.trained_heads: list[str] | None = None
@@ -164,6 +177,7 @@ class RACNN(nn.Module):
             apn_hidden=cfg.apn_hidden,
             mask_k=cfg.mask_k,
             pretrained=cfg.pretrained,
+            fixed_side=getattr(cfg, "fixed_side", 0.0),
         )
 
     def forward(self, images: Tensor) -> RACNNOutput:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +37,23 @@ class SingleScaleBaseline(nn.Module):
         return self.fc(self.backbone(images).mean(dim=(2, 3)))  # (B, K)
 
 
-def train_baseline(cfg: Config) -> dict[str, float]:
+def train_baseline(cfg: Config, keep_probs: bool = False) -> dict[str, Any]:
     """Train and test the single-scale baseline of ``cfg`` (single process).
 
     Same backbone and pre-trained weights, data, seed, precision switches and the optimiser of the ``warmup``
     phase (of ``cls`` without a warm-up), for as many epochs as RA-CNN's classification phases have
     (``warmup + rounds * cls``), one schedule over all of them.
 
+    It trains on the images RA-CNN trains on (train without the val split) and has no model selection: the last
+    model is tested, once.
+
+    Args:
+        cfg: the RA-CNN configuration whose baseline to train.
+        keep_probs: also return the softmax probabilities, ``(N, K)`` per split, for ensembles.
+
     Returns:
-        ``{"top1", "top5", "n_images", "epochs"}`` on the test set.
+        ``{"top1", "top5", "n_images", "epochs"}`` on the test set, ``val_top1`` / ``val_top5`` where there is a val
+        split; with ``keep_probs``, ``probs`` and ``targets``: ``{"val": ..., "test": ...}``.
     """
     from racnn.backbones import build_backbone
 
@@ -57,7 +66,7 @@ def train_baseline(cfg: Config) -> dict[str, float]:
     model = SingleScaleBaseline(backbone, cfg.model.num_classes).to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_set, _, test_set = build_datasets(cfg, backbone.mean, backbone.std)  # trains on what RA-CNN trains on
+    train_set, val_set, test_set = build_datasets(cfg, backbone.mean, backbone.std)  # what RA-CNN trains on
     loader, sampler = make_train_loader(
         train_set, cfg.data.batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers
     )
@@ -77,22 +86,39 @@ def train_baseline(cfg: Config) -> dict[str, float]:
         sampler.set_epoch(epoch)
         ctx = StepContext(device, cfg.train, None, f"baseline, epoch {epoch + 1}/{epochs}", cfg.train.progress)
         run_epoch(model, loader, optimizer, scheduler, ctx, losses)
-    eval_loader = make_eval_loader(test_set, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
-    return {**_evaluate_classifier(model, eval_loader, device, cfg.train), "epochs": epochs}
+    result: dict[str, Any] = {"epochs": epochs, "probs": {}, "targets": {}}
+    for split, data in (("val", val_set), ("test", test_set)):
+        if data is None:
+            continue
+        loader = make_eval_loader(data, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
+        probs, targets = _predict_probs(model, loader, device, cfg.train)
+        result["probs"][split], result["targets"][split] = probs, targets
+        prefix = "" if split == "test" else "val_"
+        result.update({f"{prefix}{k}": v for k, v in topk_accuracy(probs, targets).items()})
+    if not keep_probs:
+        del result["probs"], result["targets"]
+    return result
+
+
+def topk_accuracy(probs: Tensor, targets: Tensor) -> dict[str, float]:
+    """``{"top1", "top5", "n_images"}`` of ``(N, K)`` scores against ``(N,)`` labels (top-5 capped at K)."""
+    top5 = probs.topk(min(5, probs.shape[-1]), dim=-1).indices == targets[:, None]
+    n = targets.shape[0]
+    return {"top1": top5[:, 0].sum().item() / n, "top5": top5.any(-1).sum().item() / n, "n_images": n}
 
 
 @torch.no_grad()
-def _evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, train: TrainConfig) -> dict:
+def _predict_probs(
+    model: nn.Module, loader: DataLoader, device: torch.device, train: TrainConfig
+) -> tuple[Tensor, Tensor]:
+    """Softmax probabilities ``(N, K)`` and labels ``(N,)`` of every image of ``loader``, in order, on the CPU."""
     model.eval()
-    hits = torch.zeros(2, dtype=torch.float64)
-    n = 0
+    probs, labels = [], []
     for images, targets, _ in loader:
-        images, targets = images.to(device), targets.to(device)
+        images = images.to(device)
         if train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, train.amp):
-            logits = model(images).float()
-        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == targets[:, None]
-        hits += torch.stack([top5[:, 0].sum(), top5.any(-1).sum()]).double().cpu()
-        n += targets.shape[0]
-    return {"top1": hits[0].item() / n, "top5": hits[1].item() / n, "n_images": n}
+            probs.append(model(images).float().softmax(-1).cpu())
+        labels.append(targets)
+    return torch.cat(probs), torch.cat(labels)

@@ -12,6 +12,7 @@ May import: everything below it in ``racnn.training`` and the core modules (``ra
 from __future__ import annotations
 
 import copy
+import shutil
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
@@ -376,6 +377,9 @@ class _Run:
             "rng": rng_state(),
         }
         save_checkpoint(self.run_dir / "last.pt", payload)
+        if self.cfg.train.keep_phase_checkpoints and payload["optimizer"] is None:  # the epoch ended its phase
+            index = self.state["phase_index"] - 1
+            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / f"phase{index + 1}_{self.schedule[index][0]}.pt")
         if improved or keep_last:
             best = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
             save_checkpoint(self.run_dir / "best.pt", best)
