@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_fixtures import make_cub
 from racnn.checkpoint import load_checkpoint
@@ -112,3 +113,37 @@ def test_accuracy_benchmark_reduced(tmp_path):
     assert (tmp_path / "runs" / "cpu_lite0_cub50_pretrained_s0" / "phase2_cls.pt").is_file()
     history = load_checkpoint(tmp_path / "runs" / "cpu_lite0_cub50_s0" / "last.pt")["state"]["history"]
     assert list(dict.fromkeys(row["phase"] for row in history)) == ["apn_pretrain", "cls", "apn", "fusion"]
+
+
+@pytest.mark.slow
+def test_apn_diagnostics_reduced(tmp_path):
+    from racnn.config import RECIPES, load_config
+    from racnn.training import fit
+
+    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
+                "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4", "data.num_workers=0",
+                "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0", "train.fusion.epochs=0",
+                "train.visualize=false", "train.keep_phase_checkpoints=true",
+                f"train.output_dir={tmp_path}"]  # fmt: skip
+    run = fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+    out = _run("benchmarks/apn_diagnostics.py", "--checkpoint", str(run / "phase3_cls.pt"), "--images", "16")
+    for row in ("| p_t s1 |", "| hinge active 1>2 |", "| grad norm APN 1 |", "| centre room s2 |",
+                "| centre motion s2 |", "| side change s3 |"):  # fmt: skip
+        assert row in out, row
+
+
+@pytest.mark.slow
+def test_synthetic_attention_reduced(tmp_path):
+    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
+                "data.synthetic_train=48", "data.synthetic_test=8", "data.synthetic_classes=4", "data.num_workers=0",
+                "data.val_fraction=0.25", "train.warmup.epochs=1", "train.cls.epochs=1",
+                "train.progress=false"]  # fmt: skip
+    out = _run("benchmarks/synthetic_attention.py", "--seeds", "0", "--output-dir", str(tmp_path),
+               *[a for s in settings for a in ("--set", s)])  # fmt: skip
+    assert "| 0 | APN pre-trained (before ranking) |" in out and "| 0 | after the ranking phase |" in out
+    assert "| IoU s2 |" in out and "| beyond seed spread |" in out
+    before = load_checkpoint(tmp_path / "attention_s0" / "phase3_cls.pt")["model"]
+    after = load_checkpoint(tmp_path / "attention_s0" / "phase4_apn.pt")["model"]
+    apn = [k for k in before if k.startswith("apns.")]
+    assert any(not torch.equal(before[k], after[k]) for k in apn)  # the ranking phase moved the APNs
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in apn)  # and nothing else
