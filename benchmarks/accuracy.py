@@ -36,10 +36,10 @@ from statistics import mean
 
 import torch
 
-from racnn.checkpoint import load_checkpoint, save_checkpoint
-from racnn.config import Config, load_config, save_config
+from racnn.config import Config, load_config
 from racnn.training import expand_schedule, fit, train_baseline
 from racnn.training.baseline import topk_accuracy
+from racnn.training.run_files import branch_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("baseline", "ensemble", "fixed", "pretrained", "racnn")
@@ -140,12 +140,7 @@ def _branch(pre_dir: Path, cfg: Config, out: Path) -> Path:
     """A run folder that resumes the full schedule from the pre-trained-only run, where the two part."""
     schedule = expand_schedule(cfg.train)
     first_apn = next(i for i, (kind, _, _) in enumerate(schedule) if kind == "apn")
-    ckpt = load_checkpoint(pre_dir / f"phase{first_apn}_{schedule[first_apn - 1][0]}.pt")
-    ckpt["state"]["best"] = None  # the full run chooses among its own epochs from here on
-    out.mkdir(parents=True)
-    save_config(cfg, out / "config.yaml")
-    save_checkpoint(out / "last.pt", ckpt)
-    return out
+    return branch_run(pre_dir / f"phase{first_apn}_{schedule[first_apn - 1][0]}.pt", cfg, out)
 
 
 def run(args: argparse.Namespace) -> Rows:

@@ -10,10 +10,14 @@ backbones and classifiers: only the APNs differ):
 - ``on detail s2`` / ``s3``: how often the box centre lies on the detail;
 - ``val s2`` / ``val s3``: top-1 of scales 2 and 3.
 
-Prints a row per seed and phase, then the paired change (after - before) per quantity: its mean and min-max over
-the seeds, and whether it is beyond the seed spread (every seed's change has the same sign and the mean change is
-larger than the spread, max - min, of the "before" values over the seeds). ``--record`` appends the tables to
-docs/BENCHMARKS.md with the command, the machine and the date.
+``--compare KEY=VALUE`` (repeatable; several settings of one variant joined by commas) adds ranking phases with
+other settings, each branched off the same checkpoint (``racnn.training.run_files.branch_run``), so the variants
+start from the same model and differ only in their ranking phase.
+
+Prints a row per seed and model, then for each ranking variant the paired change (after - before) per quantity:
+its mean and min-max over the seeds, and whether it is beyond the seed spread (every seed's change has the same sign
+and the mean change is larger than the spread, max - min, of the "before" values over the seeds). ``--record``
+appends the tables to docs/BENCHMARKS.md with the command, the machine and the date.
 
     python benchmarks/synthetic_attention.py --seeds 0,1,2 --record
 """
@@ -33,6 +37,7 @@ from accuracy import machine
 from racnn.checkpoint import load_model
 from racnn.demo import demo_config
 from racnn.training import build_split, evaluate, expand_schedule, fit, make_eval_loader, object_boxes_in_input
+from racnn.training.run_files import branch_run
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTITIES = ("IoU s2", "IoU s3", "on detail s2", "on detail s3", "val s2", "val s3")
@@ -44,6 +49,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default: 0,1,2)")
     parser.add_argument("--output-dir", default="runs/synthetic_attention", help="where the runs go")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+        help="a ranking-phase variant to branch off the same checkpoint, e.g. train.rank_coarser=fixed",
+    )  # fmt: skip
     parser.add_argument("--record", action="store_true", help="append the tables to docs/BENCHMARKS.md")
     return parser
 
@@ -75,37 +84,54 @@ def around_first_ranking_phase(run_dir: Path, cfg) -> tuple[Path, Path]:
     return before, run_dir / f"phase{first + 1}_apn.pt"
 
 
+def _changes(name: str, before: list[dict[str, float]], after: list[dict[str, float]]) -> list[str]:
+    lines = []
+    for q in QUANTITIES:
+        b, a = [m[q] for m in before], [m[q] for m in after]
+        change = [y - x for x, y in zip(b, a, strict=True)]
+        same_sign = all(c > 0 for c in change) or all(c < 0 for c in change)
+        beyond = same_sign and abs(mean(change)) > max(b) - min(b)
+        lines.append(
+            f"| {name} | {q} | {100 * mean(b):.1f} | {100 * mean(a):.1f} | {100 * mean(change):+.1f} "
+            f"({100 * min(change):+.1f} to {100 * max(change):+.1f}) | {'yes' if beyond else 'no'} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    variants = {"as configured": []} | {v: v.split(",") for v in args.compare}
     header = "| seed | model | " + " | ".join(QUANTITIES) + " |"
     lines = [header, "|---|---|" + "---:|" * len(QUANTITIES)]
     print("\n".join(lines), flush=True)
-    measured: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    measured: dict[str, list[dict[str, float]]] = {"before": []} | {v: [] for v in variants}
+
+    def row(seed: int, label: str, values: dict[str, float]) -> None:
+        lines.append(f"| {seed} | {label} | " + " | ".join(f"{100 * values[q]:.1f}" for q in QUANTITIES) + " |")
+        print(lines[-1], flush=True)
+
     for seed in seeds:
         settings = [f"train.seed={seed}", f"train.output_dir={args.output_dir}", f"train.name=attention_s{seed}",
                     "train.keep_phase_checkpoints=true", "train.visualize=false",
                     "train.fusion.epochs=0", *args.overrides]  # fmt: skip
         cfg = demo_config(overrides=settings)
         result = fit(cfg)
-        for when, path in zip(("before", "after"), around_first_ranking_phase(result.run_dir, cfg), strict=True):
-            values = attention_metrics(path)
-            measured[when].append(values)
-            label = "APN pre-trained (before ranking)" if when == "before" else "after the ranking phase"
-            lines.append(f"| {seed} | {label} | " + " | ".join(f"{100 * values[q]:.1f}" for q in QUANTITIES) + " |")
-            print(lines[-1], flush=True)
-    summary = ["| quantity (%) | before | after | change: mean (min-max) | beyond seed spread |"]
-    summary.append("|---|---:|---:|---:|---|")
-    for q in QUANTITIES:
-        before = [m[q] for m in measured["before"]]
-        after = [m[q] for m in measured["after"]]
-        change = [a - b for a, b in zip(after, before, strict=True)]
-        same_sign = all(c > 0 for c in change) or all(c < 0 for c in change)
-        beyond = same_sign and abs(mean(change)) > max(before) - min(before)
-        summary.append(
-            f"| {q} | {100 * mean(before):.1f} | {100 * mean(after):.1f} | {100 * mean(change):+.1f} "
-            f"({100 * min(change):+.1f} to {100 * max(change):+.1f}) | {'yes' if beyond else 'no'} |"
-        )
+        before, after = around_first_ranking_phase(result.run_dir, cfg)
+        measured["before"].append(attention_metrics(before))
+        row(seed, "APN pre-trained (before ranking)", measured["before"][-1])
+        measured["as configured"].append(attention_metrics(after))
+        row(seed, "after the ranking phase", measured["as configured"][-1])
+        for n, (name, extra) in enumerate(list(variants.items())[1:], 1):
+            branch_cfg = demo_config(overrides=[*settings, *extra])
+            out = branch_run(before, branch_cfg, Path(args.output_dir) / f"attention_s{seed}_variant{n}")
+            branched = fit(branch_cfg, resume=out)
+            measured[name].append(attention_metrics(branched.run_dir / after.name))
+            row(seed, f"after the ranking phase, {name}", measured[name][-1])
+    summary = ["| ranking phase | quantity (%) | before | after | change: mean (min-max) | beyond seed spread |"]
+    summary.append("|---|---|---:|---:|---:|---|")
+    for name in variants:
+        summary += _changes(name, measured["before"], measured[name])
     print("\n" + "\n".join(summary))
     if args.record:
         command = "python benchmarks/synthetic_attention.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

@@ -136,3 +136,15 @@ def test_apn_target_centres_a_spot_smaller_than_the_window(spot, centre):
     assert tl == pytest.approx(0.25)
     x1, y1 = (tx - tl) * 28, (ty - tl) * 28
     assert x1 <= col and col + 2 <= x1 + 14 and y1 <= row and row + 2 <= y1 + 14  # the spot lies in the box
+
+
+def test_ranking_loss_with_the_coarser_scale_fixed_only_pushes_the_finer_one():
+    coarse = torch.tensor([[2.0, 0.0, 0.0]], requires_grad=True)
+    fine = torch.tensor([[1.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0])
+    literal = ranking_losses([coarse, fine], target)["rank1"]
+    fixed = ranking_losses([coarse, fine], target, coarser_fixed=True)["rank1"]
+    assert fixed.item() == pytest.approx(literal.item()) and literal.item() > 0  # the same value, active
+    fixed.backward()
+    assert coarse.grad is None or not coarse.grad.any()  # no push on the coarser scale
+    assert fine.grad[0, 0] < 0  # descent raises the finer scale's true-class logit

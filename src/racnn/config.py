@@ -108,6 +108,7 @@ class TrainConfig:
     grad_accum: int = 1
     label_smoothing: float = 0.0
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
+    rank_coarser: str = "trained"  # trained: the literal loss | fixed: p_t(s) a constant target for p_t(s+1)
     pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
     best_metric: str = "top1_fused"  # the val metric best.pt follows: top1_fused | top1_s1 | top1_s2 | top1_avg ...
@@ -265,6 +266,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if t.eval_interval < -1:
         raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
+    if t.rank_coarser not in ("trained", "fixed"):
+        raise ConfigError(f"train.rank_coarser must be trained or fixed, got '{t.rank_coarser}'")
     if t.fusion_init not in ("classifiers", "random"):
         raise ConfigError(f"train.fusion_init must be classifiers or random, got '{t.fusion_init}'")
     if t.grad_accum < 1:

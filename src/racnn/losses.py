@@ -28,7 +28,9 @@ def classification_losses(logits: Sequence[Tensor], target: Tensor, label_smooth
     return {f"cls{s + 1}": F.cross_entropy(x, target, label_smoothing=label_smoothing) for s, x in enumerate(logits)}
 
 
-def ranking_losses(logits: Sequence[Tensor], target: Tensor, margin: float = 0.05) -> dict[str, Tensor]:
+def ranking_losses(
+    logits: Sequence[Tensor], target: Tensor, margin: float = 0.05, coarser_fixed: bool = False
+) -> dict[str, Tensor]:
     """Pairwise ranking loss between consecutive scales: ``max(0, p_t(s) - p_t(s + 1) + margin)``.
 
     ``p_t(s)`` is the softmax probability of the true class at scale s (probabilities, not logits: the margin
@@ -38,13 +40,17 @@ def ranking_losses(logits: Sequence[Tensor], target: Tensor, margin: float = 0.0
         logits: S tensors ``(B, K)``.
         target: ``(B,)`` class indices.
         margin: required gap in probability.
+        coarser_fixed: treat ``p_t(s)`` as a constant target for ``p_t(s + 1)`` (no gradient through it). In the
+            APN phase the literal loss also pushes ``p_t(s)`` down, and that gradient reaches the APN that makes
+            scale s's input: it rewards a worse box for the coarser scale (docs/DESIGN.md, "The ranking phase").
 
     Returns:
         ``{"rank1": ..., ..., "rank{S-1}": ...}``, scalars averaged over the batch.
     """
     dtype = torch.promote_types(logits[0].dtype, torch.float32)  # no softmax in half precision
     p_true = [x.softmax(dim=1, dtype=dtype).gather(1, target[:, None]).squeeze(1) for x in logits]  # S x (B,)
-    return {f"rank{s + 1}": (p_true[s] - p_true[s + 1] + margin).clamp_min(0).mean() for s in range(len(logits) - 1)}
+    coarser = [p.detach() for p in p_true] if coarser_fixed else p_true
+    return {f"rank{s + 1}": (coarser[s] - p_true[s + 1] + margin).clamp_min(0).mean() for s in range(len(logits) - 1)}
 
 
 @torch.no_grad()

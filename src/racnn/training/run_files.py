@@ -1,6 +1,7 @@
 """The files of a training run and the lines it prints.
 
-Owns: the run folder (``output_dir/name``, never an existing one), reading a resume checkpoint, the random
+Owns: the run folder (``output_dir/name``, never an existing one), a branch off another run's phase checkpoint
+(:func:`branch_run`), reading a resume checkpoint, the random
 states saved in it, ``metrics.csv``, the TensorBoard writer, ``model.safetensors``, the epoch line and the
 phase label of progress messages.
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from racnn.checkpoint import load_checkpoint
+from racnn.checkpoint import load_checkpoint, save_checkpoint
 from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
@@ -141,3 +142,18 @@ def save_safetensors(
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def branch_run(checkpoint: Path, cfg: Config, out_dir: Path) -> Path:
+    """A new run folder that continues from another run's phase checkpoint (``train.keep_phase_checkpoints``)
+    with ``cfg``: ``fit(cfg, resume=out_dir)`` then runs ``cfg``'s schedule from where that phase ended.
+
+    ``cfg``'s schedule must match the source run's up to that phase (e.g. the same recipe with later phases
+    changed). The source's model selection is not carried over: the branch chooses among its own epochs.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    ckpt["state"]["best"] = None
+    out_dir.mkdir(parents=True)
+    save_config(cfg, out_dir / "config.yaml")
+    save_checkpoint(out_dir / "last.pt", ckpt)
+    return out_dir

@@ -57,13 +57,14 @@ def train_apn_epoch(
     net: nn.Module | None = None,
 ) -> dict[str, float]:
     """METHOD §4, 3b: backbones and classifiers fixed (batch norm in eval mode); the ranking losses train the
-    APNs. Their gradient reaches each APN through the differentiable crop and the frozen finer scales."""
+    APNs. Their gradient reaches each APN through the differentiable crop and the frozen finer scales; with
+    ``train.rank_coarser=fixed`` the coarser scale's probability of each pair is a constant target."""
     prepare_phase(model, "apn")
-    margin = ctx.train.margin
+    margin, coarser_fixed = ctx.train.margin, ctx.train.rank_coarser == "fixed"
 
     def losses(net, images, targets):
         out = net(images)
-        return ranking_losses(out.logits, targets, margin=margin), _scale_logits(out)
+        return ranking_losses(out.logits, targets, margin, coarser_fixed), _scale_logits(out)
 
     return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
 
