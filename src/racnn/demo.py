@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from racnn.checkpoint import CheckpointError, CheckpointWriteError
+from racnn.cli_errors import fail
 from racnn.config import Config, ConfigError, load_config
 from racnn.model import RACNN
+from racnn.safety import describe_os_error, printable
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
 # scales, the paper's schedule, 800 training images (with many more, scale 1 alone also learns the task). Every
@@ -71,8 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from racnn.training import fit, train_baseline
-
     overrides = [
         f"train.output_dir={args.output_dir}",
         f"train.device={args.device}",
@@ -83,8 +84,22 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = demo_config(small=args.small, overrides=overrides)
     except ConfigError as e:
-        print(f"racnn demo: {e}", file=sys.stderr)
+        print(f"racnn demo: {printable(e)}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, cfg)
+    except CheckpointWriteError as e:  # disk full, no permission: as racnn train
+        return fail("racnn demo: ", e, code=1)
+    except (ConfigError, CheckpointError) as e:
+        return fail("racnn demo: ", e)
+    except OSError as e:
+        return fail("racnn demo: ", describe_os_error(e), code=1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    from racnn.training import fit, train_baseline
 
     start = time.perf_counter()
     result = fit(cfg)

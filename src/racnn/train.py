@@ -22,8 +22,10 @@ import json
 import sys
 from pathlib import Path
 
-from racnn.checkpoint import CheckpointError, config_of, load_checkpoint
+from racnn.checkpoint import CheckpointError, CheckpointWriteError, config_of, load_checkpoint
+from racnn.cli_errors import fail, refuse_model_overrides
 from racnn.config import Config, ConfigError, apply_overrides, load_config
+from racnn.safety import describe_os_error
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
@@ -60,6 +62,7 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.resume:
         if args.config or args.output_dir:
             raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
+        refuse_model_overrides(overrides, "a resumed run keeps the model stored in its last.pt")
         path = Path(args.resume)
         ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
         return apply_overrides(config_of(ckpt, path), overrides)
@@ -80,12 +83,15 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(train_baseline(cfg), indent=2))
         else:
             fit(cfg, resume=args.resume)
+    except CheckpointWriteError as e:  # disk full, no permission: the run failed, the input was fine
+        return fail("racnn train: ", e, code=1)
     except (*USER_ERRORS, DatasetError) as e:
-        print(f"racnn train: error: {e}", file=sys.stderr)
-        return 2
+        return fail("racnn train: ", e)
     except NonFiniteLossError as e:
         print(f"racnn train: training stopped: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a log, picture or model file that could not be written
+        return fail("racnn train: ", describe_os_error(e), code=1)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -25,6 +25,7 @@ from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
 )
+from racnn.safety import describe_os_error
 
 
 def phase_label(index: int, count: int, kind: str, round_index: int) -> str:
@@ -75,10 +76,9 @@ def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
     run_dir = base
     if dist_info.is_main:
         n = 0
-        while run_dir.exists():
+        while not _made(run_dir, cfg.train.output_dir):  # another run may take a name between the test and mkdir
             n += 1
             run_dir = base.with_name(f"{base.name}-{n}")
-        run_dir.mkdir(parents=True)
         save_config(cfg, run_dir / "config.yaml")
     if dist_info.enabled:
         import torch.distributed as dist
@@ -87,6 +87,20 @@ def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
         dist.broadcast_object_list(holder, src=0)
         run_dir = Path(holder[0])
     return run_dir
+
+
+def _made(run_dir: Path, output_dir: str) -> bool:
+    """Make ``run_dir``; False when something is already there. An output folder that cannot hold it (a file,
+    no permission) is the config's fault and says so."""
+    if run_dir.exists():
+        return False
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise ConfigError(f"train.output_dir {output_dir}: {describe_os_error(e, 'cannot make the run folder')}") from e
+    return True
 
 
 def load_resume(resume: str | Path) -> dict[str, Any]:
