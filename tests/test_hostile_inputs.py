@@ -474,3 +474,79 @@ def test_config_values_from_a_file_are_bounded_too(tmp_path):
     path.write_text("model:\n  apn_pool: 100000\n")
     with pytest.raises(ConfigError, match="model.apn_pool must be between 1 and 64"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override", ["train.rounds=3", "train.cls.epochs=5", "train.output_dir=/elsewhere", "train.seed=7"]
+)
+def test_resume_refuses_what_it_would_ignore_or_misplace(run_dir, capsys, override):
+    assert main(["train", "--resume", str(run_dir), "--set", override]) == 2
+    assert f"--set {override.split('=')[0]}: a resumed run keeps" in _one_line_error(capsys, "racnn train: ")
+
+
+def test_resume_refuses_a_data_set_with_other_classes(run_dir, tmp_path, capsys):
+    before = (run_dir / "last.pt").read_bytes()
+    root = make_folder(tmp_path / "three")
+    args = ["train", "--resume", str(run_dir), "--set", "data.dataset=folder", "--set", f"data.root={root}"]
+    assert main([*args, "--set", "data.options={}"]) == 2
+    assert "has 4 classes" in _one_line_error(capsys, "racnn train: ") and (run_dir / "last.pt").read_bytes() == before
+
+
+def test_an_empty_test_split_is_refused_before_training(tmp_path, capsys):
+    root = make_folder(tmp_path / "data")
+    for image in (root / "val").glob("*/*"):
+        image.unlink()
+    args = _train_args(tmp_path / "runs", "data.dataset=folder", f"data.root={root}", "data.options={}")
+    assert main(args) == 2
+    assert "split 'test' has no images" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_imagenet_download_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    import racnn.backbones as backbones
+
+    def offline(backbone, name):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(backbones, "_torchvision_imagenet", offline)
+    assert main(_train_args(tmp_path, "model.backbone=resnet18", "model.pretrained=imagenet")) == 2
+    err = _one_line_error(capsys, "racnn train: ")
+    assert "could not download the ImageNet weights of resnet18" in err and "model.pretrained=PATH" in err
+
+
+def test_a_weight_file_that_holds_no_tensors_is_named(tmp_path):
+    from racnn.backbones import build_backbone
+
+    text = tmp_path / "weights.pth"
+    text.write_text("not weights\n")
+    with pytest.raises(ValueError, match="weights.pth' as a state dict: not a file of tensors") as info:
+        build_backbone("tiny", text)
+    assert "\n" not in str(info.value)
+
+
+def test_a_closed_pipe_ends_predict_quietly(tiny):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(checkpoint_module.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "racnn", "predict", "--checkpoint", str(tiny["checkpoint"]), str(tiny["wide.png"])]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first row (racnn predict ... | head -0)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_data_verify_caps_its_threads(tmp_path, monkeypatch):
+    import racnn.data.verify as verify
+
+    asked = []
+    real = verify.ThreadPoolExecutor
+    monkeypatch.setattr(verify, "ThreadPoolExecutor", lambda max_workers: asked.append(max_workers) or real(2))
+    assert verify.verify_dataset("folder", make_folder(tmp_path / "data"), workers=10**6).ok
+    assert asked and max(asked) <= 64
+
+
+def test_synthetic_sizes_are_bounded():
+    with pytest.raises(ValueError, match="num_samples must be between 0 and 10,000,000"):
+        build_dataset("synthetic", None, "train", num_samples=10**12)

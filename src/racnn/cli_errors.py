@@ -11,10 +11,19 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from racnn.config import ConfigError
-from racnn.safety import printable
+from racnn.config import ConfigError, DataConfig
+from racnn.safety import describe_os_error, printable
 
-__all__ = ["OutputError", "fail", "fresh_folder", "refuse_model_overrides", "writable_folder"]
+__all__ = [
+    "OutputError",
+    "check_classes",
+    "fail",
+    "fail_os",
+    "fresh_folder",
+    "refuse_model_overrides",
+    "refuse_resume_overrides",
+    "writable_folder",
+]
 
 USAGE = 2  # exit status of a refused input
 
@@ -43,6 +52,34 @@ def refuse_model_overrides(overrides: Iterable[str], why: str) -> None:
         key = item.split("=", 1)[0].strip()
         if key == "model" or key.startswith("model."):
             raise ConfigError(f"--set {key}: {why}; model keys cannot be changed here")
+
+
+PHASES = ("warmup", "apn_pretrain", "cls", "apn", "fusion")
+
+
+def refuse_resume_overrides(overrides: Iterable[str]) -> None:
+    """Raise for an override that ``--resume`` would silently ignore or that would make the saved position mean
+    something else: the model, the run folder (``train.output_dir``, ``train.name``), the seed (the data order
+    of the epochs to come) and the schedule (``train.rounds``, a phase's ``epochs``: the saved "phase 4, epoch 2"
+    would point into another phase). Run settings such as ``train.device`` or ``data.root`` may change."""
+    refuse_model_overrides(overrides, "a resumed run keeps the model stored in its last.pt")
+    fixed = {"train.output_dir", "train.name", "train.seed", "train.rounds"}
+    fixed |= {f"train.{phase}" for phase in PHASES} | {f"train.{phase}.epochs" for phase in PHASES}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in fixed:
+            raise ConfigError(
+                f"--set {key}: a resumed run keeps its run folder, seed and schedule, so that it continues exactly; "
+                "start a new run to change it"
+            )
+
+
+def fail_os(prefix: str, error: OSError, code: int = 1) -> int:
+    """:func:`fail` for a file that could not be read or written, in words; a closed pipe (``racnn predict ... |
+    head``) is not an error of racnn's and goes up to :func:`racnn.cli.main`, which exits quietly."""
+    if isinstance(error, BrokenPipeError):
+        raise error
+    return fail(prefix, describe_os_error(error), code=code)
 
 
 def writable_folder(path: Path, what: str) -> None:
@@ -80,3 +117,29 @@ def fresh_folder(folder: Path, names: Iterable[str], explicit: bool, what: str) 
         candidate = folder.with_name(f"{folder.name}-{n}")
         writable_folder(candidate, what)
     return candidate
+
+
+def check_classes(checkpoint: str | Path, class_names: list[str], dataset, data: DataConfig) -> None:
+    """Refuse a data set whose classes are not the checkpoint's: its accuracy would be computed against labels
+    that mean other classes (a 12-class model on a 3-class folder scored 33 % under the model's names)."""
+    names = list(getattr(dataset, "classes", None) or [])
+    where = f"data set {data.dataset}" + (f" at {data.root}" if data.root else "")
+    if len(names) != len(class_names):
+        raise ConfigError(
+            f"checkpoint {checkpoint} has {len(class_names)} classes ({_few(class_names)}); the {where} has "
+            f"{len(names)} ({_few(names)}): use the data set the model was trained on"
+        )
+    if class_names == [str(i) for i in range(len(class_names))]:
+        return  # the checkpoint stores no names: the count is all there is to compare
+    differ = [i for i, (a, b) in enumerate(zip(class_names, names, strict=True)) if a != b]
+    if differ:
+        i = differ[0]
+        raise ConfigError(
+            f"checkpoint {checkpoint} and the {where} name {len(differ)} class(es) differently, first label {i}: "
+            f"{class_names[i]!r} in the checkpoint, {names[i]!r} in the data set"
+        )
+
+
+def _few(names: list[str], count: int = 3) -> str:
+    shown = ", ".join(repr(n) for n in names[:count])
+    return shown + (", ..." if len(names) > count else "")

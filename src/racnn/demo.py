@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from racnn.checkpoint import CheckpointError, CheckpointWriteError
-from racnn.cli_errors import fail
+from racnn.cli_errors import fail, fail_os
 from racnn.config import Config, ConfigError, load_config
 from racnn.model import RACNN
-from racnn.safety import describe_os_error, printable
+from racnn.safety import printable
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
 # scales, the paper's schedule, 800 training images (with many more, scale 1 alone also learns the task). Every
@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError) as e:
         return fail("racnn demo: ", e)
     except OSError as e:
-        return fail("racnn demo: ", describe_os_error(e), code=1)
+        return fail_os("racnn demo: ", e)
     except KeyboardInterrupt:
         return 130
 

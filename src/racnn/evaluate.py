@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from racnn.checkpoint import CheckpointError
-from racnn.cli_errors import fail, fresh_folder, refuse_model_overrides
+from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
 from racnn.config import ConfigError
 from racnn.model import RACNN
-from racnn.safety import describe_os_error, printable
+from racnn.safety import printable
 
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
 
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
 
             model.to(memory_format=torch.channels_last)
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
-        check_classes(args.checkpoint, class_names, dataset, cfg)
+        check_classes(args.checkpoint, class_names, dataset, cfg.data)
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
         object_boxes = object_boxes_in_input(dataset, cfg.model.input_size, cfg.data.resize_ratio)
         head = args.head or cfg.train.best_metric.split("_", 1)[-1]
@@ -101,34 +101,8 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         return fail("racnn eval: ", e)
     except OSError as e:  # the output folder could not be written (no permission, disk full)
-        return fail("racnn eval: ", describe_os_error(e), code=1)
+        return fail_os("racnn eval: ", e)
     print(printable(f"{args.checkpoint}: {cfg.data.dataset} {args.split}"))
     print(format_table(metrics, cfg.model.num_scales))
     print(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
     return 0
-
-
-def check_classes(checkpoint: str, class_names: list[str], dataset, cfg) -> None:
-    """Refuse a data set whose classes are not the checkpoint's: its accuracy would be computed against labels
-    that mean other classes (a 12-class model on a 3-class folder scored 33 % under the model's names)."""
-    names = list(getattr(dataset, "classes", None) or [])
-    where = f"data set {cfg.data.dataset}" + (f" at {cfg.data.root}" if cfg.data.root else "")
-    if len(names) != len(class_names):
-        raise ConfigError(
-            f"checkpoint {checkpoint} has {len(class_names)} classes ({_few(class_names)}); the {where} has "
-            f"{len(names)} ({_few(names)}): evaluate on the data set the model was trained for"
-        )
-    if class_names == [str(i) for i in range(len(class_names))]:
-        return  # the checkpoint stores no names: the count is all there is to compare
-    differ = [i for i, (a, b) in enumerate(zip(class_names, names, strict=True)) if a != b]
-    if differ:
-        i = differ[0]
-        raise ConfigError(
-            f"checkpoint {checkpoint} and the {where} name {len(differ)} class(es) differently, first label {i}: "
-            f"{class_names[i]!r} in the checkpoint, {names[i]!r} in the data set"
-        )
-
-
-def _few(names: list[str], count: int = 3) -> str:
-    shown = ", ".join(repr(n) for n in names[:count])
-    return shown + (", ..." if len(names) > count else "")

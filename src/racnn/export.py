@@ -374,6 +374,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         return _export(args, model, cfg, class_names, model_normalization(model))
     except OSError as e:  # the export could not be written (no permission, disk full); an earlier one is kept
+        if isinstance(e, BrokenPipeError):
+            raise
         return fail("", describe_os_error(e, target=args.out), code=1)
 
 

@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from racnn.checkpoint import CheckpointError
-from racnn.cli_errors import OutputError, fail, writable_folder
+from racnn.cli_errors import OutputError, fail, fail_os, writable_folder
 from racnn.config import ConfigError, resolve_device
-from racnn.safety import describe_os_error, free_path, printable
+from racnn.safety import free_path, printable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_NAME_WIDTH = 24  # class names longer than this are cut in the table
@@ -158,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         return _predict(args, predictor, viz_dir)
     except OSError as e:  # the attention pictures could not be written (no permission, disk full)
-        return fail("", describe_os_error(e), code=1)
+        return fail_os("", e)
 
 
 def _predict(args: argparse.Namespace, predictor, viz_dir: Path | None) -> int:

@@ -143,6 +143,8 @@ class ImageDataset(Dataset):
             problems += [
                 f"class {classes[c]!r} (label {c}) has no training images" for c in range(num_classes) if not counts[c]
             ]
+        if not kept and not problems:  # found now, not after a training epoch, by an evaluation of nothing
+            problems.append(f"split {self.split!r} has no images")
         problems = list(dict.fromkeys(problems))  # drop repeats, keep order
         if problems and self.strict:
             raise DatasetIntegrityError(self.name, self.root, problems)

@@ -176,7 +176,7 @@ def verify_dataset(
         num_bad = 0
         paths = [path for path, _ in getattr(dataset, "samples", [])]
         if paths:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            with ThreadPoolExecutor(max_workers=min(max(1, workers), 64)) as pool:  # --workers 100000: 64
                 reasons = list(pool.map(partial(check_image_file, full=full), paths))
             for path, reason in zip(paths, reasons, strict=True):
                 if reason is not None:
