@@ -550,3 +550,23 @@ def test_data_verify_caps_its_threads(tmp_path, monkeypatch):
 def test_synthetic_sizes_are_bounded():
     with pytest.raises(ValueError, match="num_samples must be between 0 and 10,000,000"):
         build_dataset("synthetic", None, "train", num_samples=10**12)
+
+
+def test_class_names_are_plain_text_in_the_confusion_picture(tmp_path):
+    from racnn.plots import plot_confusion_matrix
+
+    path = plot_confusion_matrix([[1, 0], [0, 1]], ["a$\\foo{$", "b"], tmp_path / "c.png")
+    assert path.stat().st_size > 1000  # mathtext would have refused "\foo" at the run's last step
+
+
+def test_an_annotation_file_that_is_not_text_is_named(tmp_path):
+    root = make_cub(tmp_path / "CUB_200_2011", per_class=2)
+    (root / "images.txt").write_bytes(b"\xff\xfe\x00\x80 binary")
+    with pytest.raises(ValueError, match="images.txt: not a UTF-8 text file"):
+        build_dataset("cub", root, "train")
+
+
+def test_resume_from_a_damaged_training_state_is_one_line(run_dir, tmp_path, capsys):
+    bad = _rewrite(run_dir / "last.pt", tmp_path / "run" / "last.pt", lambda c: c["state"].update(history=5))
+    assert main(["train", "--resume", str(bad.parent)]) == 2
+    assert "its training state is damaged (state.history" in _one_line_error(capsys, "racnn train: ")

@@ -281,6 +281,11 @@ def _read_id_table(path: Path, num_values: int, problems: list[str]) -> dict[int
     """
     table: dict[int, list[str]] = {}
     first_line: dict[int, int] = {}
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:  # a binary or wrongly encoded file: named, not a traceback without a name
+        problems.append(f"{path.name}: not a UTF-8 text file (byte {e.start} cannot be decoded)")
+        return table
     with path.open(encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             text = line.strip()

@@ -110,7 +110,26 @@ def load_resume(resume: str | Path) -> dict[str, Any]:
     for key in ("state", "rng"):
         if key not in ckpt:
             raise ConfigError(f"{path} is not a training checkpoint (no '{key}'); resume from a run's last.pt")
+    problem = _state_problem(ckpt)
+    if problem:
+        raise ConfigError(f"{path}: its training state is damaged ({problem}); resume from an intact last.pt")
     return ckpt
+
+
+def _state_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the resume state of a checkpoint (types the loop relies on), or None."""
+    state, rng = ckpt["state"], ckpt["rng"]
+    if not isinstance(state, dict) or not isinstance(rng, dict):
+        return "'state' and 'rng' must be mappings"
+    for key in ("phase_index", "epoch", "global_epoch", "global_step"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            return f"state.{key} must be a count, got {type(state.get(key)).__name__}"
+    if not isinstance(state.get("history"), list) or not all(isinstance(row, dict) for row in state["history"]):
+        return "state.history must be a list of rows"
+    if not isinstance(state.get("metrics"), dict):
+        return "state.metrics must be a mapping"
+    missing = [key for key in ("torch", "cuda", "python", "numpy") if key not in rng]
+    return f"rng has no {', '.join(missing)}" if missing else None
 
 
 def seed_everything(seed: int) -> None:
