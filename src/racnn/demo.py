@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from racnn.checkpoint import CheckpointError, CheckpointWriteError
 from racnn.cli_errors import fail, fail_os
 from racnn.config import Config, ConfigError, load_config
 from racnn.model import RACNN
-from racnn.safety import printable
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
 # scales, the paper's schedule, 800 training images (with many more, scale 1 alone also learns the task). Every
@@ -84,8 +82,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = demo_config(small=args.small, overrides=overrides)
     except ConfigError as e:
-        print(f"racnn demo: {printable(e)}", file=sys.stderr)
-        return 2
+        return fail("racnn demo: ", e)
     try:
         return _run(args, cfg)
     except CheckpointWriteError as e:  # disk full, no permission: as racnn train
