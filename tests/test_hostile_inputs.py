@@ -570,3 +570,25 @@ def test_resume_from_a_damaged_training_state_is_one_line(run_dir, tmp_path, cap
     bad = _rewrite(run_dir / "last.pt", tmp_path / "run" / "last.pt", lambda c: c["state"].update(history=5))
     assert main(["train", "--resume", str(bad.parent)]) == 2
     assert "its training state is damaged (state.history" in _one_line_error(capsys, "racnn train: ")
+
+
+def test_disk_full_while_writing_safetensors_says_so_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from racnn.config import Config
+    from racnn.model import RACNN
+    from racnn.training import run_files
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"the previous weights")
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 0, 1024))
+    cfg = load_config(None, ["model.input_size=32", "model.zoom_size=32", "model.apn_hidden=8", "model.num_classes=2"])
+    with pytest.raises(CheckpointWriteError, match="model.safetensors: no space left on device"):
+        run_files.save_safetensors(RACNN.from_config(cfg.model), Config(), ["a", "b"], path)
+    assert path.read_bytes() == b"the previous weights" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -27,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
+    "write_failure",
 ]
 
 FORMAT = "racnn-checkpoint"
@@ -52,7 +53,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise CheckpointWriteError(_write_failure(path, e, payload)) from e
+        raise CheckpointWriteError(write_failure(path, e, _payload_bytes(payload))) from e
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -61,7 +62,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # Measured before the temporary file is removed: a full disk is full now, not after the clean-up.
-        reason = _write_failure(path, e, payload)
+        reason = write_failure(path, e, _payload_bytes(payload))
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointWriteError(reason) from e
     except BaseException:
@@ -80,20 +81,20 @@ def _payload_bytes(value: Any) -> int:
     return 0
 
 
-def _write_failure(path: Path, error: BaseException, payload: dict[str, Any]) -> str:
-    """Why writing ``path`` failed, in words. torch reports a full disk as ``[enforce fail at
-    inline_container.cc] unexpected pos``, so when the error carries no errno the free space decides."""
+def write_failure(path: Path, error: BaseException, needed: int = 0) -> str:
+    """Why writing ``path`` (about ``needed`` bytes) failed, in words. torch reports a full disk as ``[enforce fail
+    at inline_container.cc] unexpected pos`` and safetensors as a ``SafetensorError``, so when the error carries
+    no errno the free space decides."""
     kept = " (the previous file is kept)" if path.exists() else ""
     if isinstance(error, OSError) and error.errno is not None:
         return describe_os_error(error, target=path) + kept
-    needed = _payload_bytes(payload)
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
     if free is not None and free < needed + (1 << 20):
         return (
-            f"could not write {path}: no space left on device ({free / 2**20:.1f} MiB free, the checkpoint needs "
+            f"could not write {path}: no space left on device ({free / 2**20:.1f} MiB free, the file needs "
             f"about {needed / 2**20:.1f} MiB){kept}"
         )
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from racnn.checkpoint import load_checkpoint
+from racnn.checkpoint import CheckpointWriteError, load_checkpoint, write_failure
 from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
@@ -167,5 +167,11 @@ def save_safetensors(model: nn.Module, cfg: Config, class_names: list[str], path
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "racnn", "config": json.dumps(config_to_dict(cfg)), "class_names": json.dumps(class_names)}
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    except Exception as e:  # a full disk is a SafetensorError with no errno; say it in words, keep the old file
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
+        reason = write_failure(path, e, needed)
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(reason) from e
