@@ -35,8 +35,8 @@ class OutputError(ConfigError):
 def fail(prefix: str, error: BaseException | str, code: int = USAGE) -> int:
     """Print ``<prefix>error: <message>`` on stderr, control characters escaped; return ``code``.
 
-    Messages that racnn lays out on several lines (a data layout's expected files) keep their line breaks; a
-    line break that came from a name is escaped like any other control character.
+    Messages that racnn lays out on several lines (a data layout's expected files) keep their line breaks; every
+    other control character (an ANSI escape in a class or file name, a carriage return) is escaped.
     """
     print(f"{prefix}error: {printable(error, keep_newlines=True)}", file=sys.stderr)
     return code

@@ -357,6 +357,9 @@ def _export_beside(out: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(name))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's private 0600
         os.replace(name, out)
     finally:
         Path(name).unlink(missing_ok=True)
