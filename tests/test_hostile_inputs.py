@@ -592,3 +592,20 @@ def test_disk_full_while_writing_safetensors_says_so_and_keeps_the_old_file(tmp_
     with pytest.raises(CheckpointWriteError, match="model.safetensors: no space left on device"):
         run_files.save_safetensors(RACNN.from_config(cfg.model), Config(), ["a", "b"], path)
     assert path.read_bytes() == b"the previous weights" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_an_unreadable_folder_in_a_class_is_reported_not_skipped_silently(tmp_path, monkeypatch):
+    import racnn.data.folder as folder_module
+
+    root = make_folder(tmp_path / "data")
+    write_image(root / "train" / "dog" / "locked" / "d.jpg", 1)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(folder_module.os, "scandir", scandir)
+    with pytest.raises(ValueError, match="locked: cannot read the folder"):
+        build_dataset("folder", root, "train")

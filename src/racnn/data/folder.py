@@ -116,7 +116,11 @@ class _LinkSafeScan:
         stack = [(str(folder), real)]
         while stack:
             path, real = stack.pop()
-            entries = sorted(os.scandir(path), key=lambda e: e.name)
+            try:
+                entries = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError as e:  # os.walk skipped such a folder without a word
+                self.problems.append(f"{path}: cannot read the folder ({e.strerror or e}); its images are left out")
+                continue
             out += [f for f in (self._file(e, real) for e in entries) if f is not None]
             below = [d for d in (self._folder(e, real) for e in entries) if d is not None]
             stack += reversed(below)
