@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "racnn"
-COMMANDS = {"racnn.cli", "racnn.train", "racnn.evaluate", "racnn.predict", "racnn.demo", "racnn.export"}
-CORE = ["config", "backbones", "crop", "model", "losses", "checkpoint", "distributed", "plots", "visualize"]
+COMMANDS = {
+    "racnn.cli",
+    "racnn.cli_errors",
+    "racnn.train",
+    "racnn.evaluate",
+    "racnn.predict",
+    "racnn.demo",
+    "racnn.export",
+}
+CORE = ["config", "safety", "backbones", "crop", "model", "losses", "checkpoint", "distributed", "plots", "visualize"]
 
 
 def _imports(path: Path) -> set[str]:

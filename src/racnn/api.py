@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 from racnn.checkpoint import load_model
 from racnn.config import Config, resolve_device
 from racnn.crop import boxes_to_xyxy
-from racnn.data.io import load_image
+from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import build_transforms
 from racnn.heads import head_logits, model_answer
 from racnn.model import RACNN
@@ -218,6 +218,11 @@ class Predictor:
                 images = images[None]
             if images.dim() != 4 or images.shape[1] != 3:
                 raise ValueError(f"tensor input must be (3, H, W) or (B, 3, H, W) RGB, got {tuple(images.shape)}")
+            if images.shape[0] == 0:
+                return []  # an empty batch: no images, no predictions
+            check_image_size(int(images.shape[-1]), int(images.shape[-2]), "tensor input")
+            if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+                raise ValueError("tensor input holds NaN or infinite values; pass an RGB image in [0, 1]")
             if images.is_floating_point():
                 lo, hi = float(images.min()), float(images.max())
                 if lo < -1e-3 or hi > 1 + 1e-3:
@@ -258,6 +263,7 @@ class Predictor:
             source = str(Path(image))
             image = load_image(image)
         if isinstance(image, Image.Image):
+            check_image_size(image.width, image.height, source or "PIL image")
             image = image if image.mode == "RGB" else image.convert("RGB")
             return PreparedImage(self.transform(image), image.size, source)
         height, width = image.shape[-2:]
@@ -289,8 +295,10 @@ class Predictor:
         Raises:
             racnn.data.ImageLoadError: a path that is missing or not a readable image.
         """
+        if topk < 1 or batch_size < 1:
+            raise ValueError(f"topk and batch_size must be at least 1, got topk={topk}, batch_size={batch_size}")
         singles = self._expand(images)
-        k = max(1, min(topk, len(self.class_names)))
+        k = min(topk, len(self.class_names))
         predictions: list[Prediction] = []
         for start in range(0, len(singles), batch_size):  # load and preprocess one batch at a time
             chunk = [self._prepare(image) for image in singles[start : start + batch_size]]

@@ -9,6 +9,7 @@ it directly; the full model's head keys are recognised and dropped.
 from __future__ import annotations
 
 import importlib
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -105,12 +106,21 @@ def build_backbone(name: str, pretrained: str | Path | None = None) -> Backbone:
         The :class:`Backbone`.
     """
     imagenet = isinstance(pretrained, str) and pretrained == "imagenet"
-    if name.startswith("timm:"):
-        backbone = _timm_features(name.removeprefix("timm:"), imagenet)
-    elif name in _BACKBONES:
-        backbone = _BACKBONES[name](imagenet)
-    else:
+    if not name.startswith("timm:") and name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {list_backbones()} or 'timm:<model name>'")
+    try:
+        if name.startswith("timm:"):
+            backbone = _timm_features(name.removeprefix("timm:"), imagenet)
+        else:
+            backbone = _BACKBONES[name](imagenet)
+    except OSError as err:  # the download (torchvision, timm, Hugging Face): no network, a proxy, a full disk
+        if not imagenet:
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"model.pretrained=imagenet: could not download the ImageNet weights of {name} ({reason}); fetch the "
+            "file once where there is a network and give its path: model.pretrained=PATH"
+        ) from err
     if pretrained is not None and not imagenet:
         load_backbone_weights(backbone, pretrained)
     return backbone
@@ -130,7 +140,12 @@ def _read_state_dict(weights: str | Path | Mapping[str, Tensor]) -> dict[str, Te
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a corrupt file or one holding arbitrary objects
-            raise ValueError(f"cannot read weight file {str(path)!r} as a state dict: {err}") from err
+            text = str(err).strip()
+            if "Weights only load failed" in text or isinstance(err, pickle.UnpicklingError):
+                reason = "not a file of tensors (or it holds objects other than tensors and plain types)"
+            else:
+                reason = text.splitlines()[0] if text else type(err).__name__
+            raise ValueError(f"cannot read weight file {str(path)!r} as a state dict: {reason}") from err
     if not isinstance(state, Mapping):
         raise ValueError(f"expected a state dict (str -> Tensor), got {type(state).__name__}")
     for wrapper in ("state_dict", "model"):  # {"state_dict": ...} (Lightning, many repos), {"model": ...} (ours)

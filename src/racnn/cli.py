@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help)
@@ -55,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_main"):
         parser.print_help()
         return 2
-    return int(args._main(args) or 0)
+    try:
+        return int(args._main(args) or 0)
+    except BrokenPipeError:  # the reader went away (racnn predict ... | head): stop quietly, as SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit does not fail again
+        return 128 + 13
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ every checkpoint. Unknown keys are rejected with the nearest valid key in the me
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +36,10 @@ __all__ = [
     "resolve_device",
     "save_config",
 ]
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
 
 
 class ConfigError(ValueError):
@@ -163,41 +170,47 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"'{key}': invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"'{key}': invalid value {_shown(value)}")
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' expects a mapping, got {value!r}")
+            raise ConfigError(f"'{key}' expects a mapping, got {_shown(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' expects a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"'{key}' expects a mapping of {tp.__name__} fields, got {_shown(value)}")
         return _from_dict(tp, value, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"'{key}' expects true or false, got {value!r}")
+        raise ConfigError(f"'{key}' expects true or false, got {_shown(value)}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"'{key}' expects a number, got {value!r}")
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError, OverflowError):  # 'abc', 10**400
+                number = float(value)
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"'{key}' expects a finite number, got {_shown(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        raise ConfigError(f"'{key}' holds an integer of {value.bit_length()} bits; at most 64 are accepted")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
             return int(value)
-        raise ConfigError(f"'{key}' expects an integer, got {value!r}")
+        raise ConfigError(f"'{key}' expects an integer, got {_shown(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"'{key}' expects a string, got {value!r}")
+        raise ConfigError(f"'{key}' expects a string, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """``repr`` cut short: a value from a checkpoint can be a list that holds itself a billion times over."""
+    return _SHORT_REPR.repr(value)
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -228,7 +241,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.cls.lr=0.01)")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse_yaml(raw, f"--set {item}") if raw.strip() else None
         keys = dotted.strip().split(".")
         node = data
         for depth, key in enumerate(keys[:-1]):
@@ -280,6 +293,120 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.{name}.scheduler must be cosine or constant, got '{phase.scheduler}'")
         if phase.epochs < 0:
             raise ConfigError(f"train.{name}.epochs must be >= 0, got {phase.epochs}")
+    check_bounds(cfg)
+
+
+# Inclusive bounds of every size, count and rate. A config also arrives inside checkpoints that someone else made,
+# and a checkpoint's config is checked here before any model is built: a value such as apn_hidden=10**12 must be
+# refused in words, not found out by an allocation. The bounds are far beyond any real run.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "model.num_classes": (0, 100_000),
+    "model.input_size": (16, 1024),
+    "model.zoom_size": (16, 1024),
+    "model.apn_pool": (1, 64),
+    "model.apn_hidden": (1, 65_536),
+    "model.mask_k": (1e-3, 1e3),
+    "data.batch_size": (1, 4096),
+    "data.eval_batch_size": (1, 4096),
+    "data.num_workers": (0, 256),
+    "data.resize_ratio": (1.0, 8.0),
+    "data.synthetic_train": (1, 10_000_000),
+    "data.synthetic_test": (1, 10_000_000),
+    "data.synthetic_classes": (2, 12),
+    "data.synthetic_seed": (0, 2**32 - 1),
+    "data.split_seed": (0, 2**32 - 1),
+    "train.seed": (0, 2**32 - 1),
+    "train.grad_accum": (1, 4096),
+    "train.label_smoothing": (0.0, 0.999),
+    "train.margin": (0.0, 1.0),
+    "train.max_steps_per_epoch": (0, 10**9),
+    "train.eval_interval": (-1, 10**6),
+    "train.rounds": (0, 1000),
+}
+PHASE_BOUNDS: dict[str, tuple[float, float]] = {
+    "epochs": (0, 100_000),
+    "lr": (0.0, 1e3),
+    "momentum": (0.0, 0.999),
+    "weight_decay": (0.0, 1e3),
+}
+MAX_OPTIONS = 64  # data.options: entries, and items of a list value
+
+
+def _value_of(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _in_bounds(key: str, value: Any, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value!r}")
+
+
+def check_bounds(cfg: Config) -> None:
+    """Every size, count and rate of ``cfg`` in its range; names, device, best metric and options well formed."""
+    for key, (low, high) in BOUNDS.items():
+        _in_bounds(key, _value_of(cfg, key), low, high)
+    for name in ("warmup", "apn_pretrain", "cls", "apn", "fusion"):
+        for key, (low, high) in PHASE_BOUNDS.items():
+            _in_bounds(f"train.{name}.{key}", getattr(getattr(cfg.train, name), key), low, high)
+    if cfg.model.num_classes == 1:
+        raise ConfigError("model.num_classes must be 0 (taken from the data set) or at least 2, got 1")
+    from racnn.safety import check_plain_name
+
+    problem = check_plain_name(cfg.train.name, "train.name")
+    if problem:
+        raise ConfigError(problem)
+    _check_device(cfg.train.device)
+    _check_best_metric(cfg.train.best_metric, cfg.model.num_scales)
+    _check_options(cfg.data.options)
+
+
+def _check_device(name: str) -> None:
+    if name == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+
+
+def _check_best_metric(metric: str, num_scales: int) -> None:
+    heads = [f"s{s}" for s in range(1, num_scales + 1)]
+    heads += ["+".join(str(s) for s in range(1, n + 1)) for n in range(2, num_scales + 1)] + ["fused", "avg"]
+    valid = [f"top{k}_{head}" for k in (1, 5) for head in heads]
+    if metric not in valid:
+        raise ConfigError(f"train.best_metric must be one of {', '.join(valid)}; got {metric!r}")
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """data.options holds keyword options of a data set: short names, scalars or short lists of scalars."""
+    scalar = (str, int, float, bool, type(None))
+    if len(options) > MAX_OPTIONS:
+        raise ConfigError(f"data.options has {len(options)} entries; at most {MAX_OPTIONS}")
+    for key, value in options.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"data.options: {key!r} is not an option name")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if len(items) > MAX_OPTIONS or not all(isinstance(v, scalar) for v in items):
+            shown = _shown(value)
+            raise ConfigError(
+                f"data.options.{key} must be a number, a string, true/false or a short list of them, got {shown}"
+            )
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with a one-line error naming ``where`` and the line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
 
 
 RECIPES = Path(__file__).parent / "configs"
@@ -306,8 +433,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         path = find_config(path)
-        with open(path) as f:
-            loaded = yaml.safe_load(f)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
+        loaded = _parse_yaml(text, str(path))
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = loaded or {}
@@ -333,7 +463,10 @@ def resolve_device(name: str = "auto"):
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available here; use device=cpu or auto")
     return device

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from racnn.checkpoint import CheckpointError, CheckpointWriteError
+from racnn.cli_errors import fail, fail_os
 from racnn.config import Config, ConfigError, load_config
 from racnn.model import RACNN
 
@@ -74,8 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from racnn.training import fit, train_baseline
-
     overrides = [
         f"train.output_dir={args.output_dir}",
         f"train.device={args.device}",
@@ -86,8 +85,21 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = demo_config(small=args.small, overrides=overrides)
     except ConfigError as e:
-        print(f"racnn demo: {e}", file=sys.stderr)
-        return 2
+        return fail("racnn demo: ", e)
+    try:
+        return _run(args, cfg)
+    except CheckpointWriteError as e:  # disk full, no permission: as racnn train
+        return fail("racnn demo: ", e, code=1)
+    except (ConfigError, CheckpointError) as e:
+        return fail("racnn demo: ", e)
+    except OSError as e:
+        return fail_os("racnn demo: ", e)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, cfg: Config) -> int:
+    from racnn.training import fit, train_baseline
 
     start = time.perf_counter()
     result = fit(cfg)

@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from racnn.checkpoint import CheckpointError
+from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
 from racnn.config import ConfigError
 from racnn.heads import answer_head
 from racnn.model import RACNN
+from racnn.safety import printable
+
+EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +87,9 @@ def main(args: argparse.Namespace) -> int:
     from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
 
     try:
+        refuse_model_overrides(args.overrides, "the model is the one stored in the checkpoint")
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+        out = fresh_folder(out, EVAL_FILES, explicit=args.out is not None, what="--out")
         device_model, stored_cfg, class_names = load_model(args.checkpoint)
         cfg = apply_overrides(stored_cfg, args.overrides)
         device = resolve_device(cfg.train.device)
@@ -92,20 +99,21 @@ def main(args: argparse.Namespace) -> int:
 
             model.to(memory_format=torch.channels_last)
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
+        check_classes(args.checkpoint, class_names, dataset, cfg.data)
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
         object_boxes = object_boxes_in_input(dataset, cfg.model.input_size, cfg.data.resize_ratio)
         trained = getattr(model, "trained_heads", None)
         head = args.head or answer_head(cfg.train.best_metric.split("_", 1)[-1], trained, cfg.model.num_scales)
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
         metrics = evaluate(
             model, loader, device=device, margin=cfg.train.margin, amp=cfg.train.amp,
             channels_last=cfg.train.channels_last, object_boxes=object_boxes, class_names=class_names,
             confusion_head=head, out_dir=out, progress=cfg.train.progress and sys.stderr.isatty(),
         )  # fmt: skip
     except (ConfigError, CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"racnn eval: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.checkpoint}: {cfg.data.dataset} {args.split}")
+        return fail("racnn eval: ", e)
+    except OSError as e:  # the output folder could not be written (no permission, disk full)
+        return fail_os("racnn eval: ", e)
+    print(printable(f"{args.checkpoint}: {cfg.data.dataset} {args.split}"))
     print(format_table(metrics, cfg.model.num_scales, trained))
-    print(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv")
+    print(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
     return 0

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from racnn.checkpoint import CheckpointError
+from racnn.cli_errors import OutputError, fail, writable_folder
 from racnn.config import ConfigError
 from racnn.model import RACNN
+from racnn.safety import describe_os_error, printable, same_file
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -50,6 +54,7 @@ OUTPUT_NAMES = ("probs", "logits", "boxes")
 # The attention crop's grid sampling (GridSample) needs opset 16; 20 also has AffineGrid. Checked with torch 2.14's
 # TorchScript-based exporter and onnxruntime 1.32.
 DEFAULT_OPSET = 20
+MIN_OPSET = 16  # GridSample
 TOLERANCE = 1e-4
 
 
@@ -296,18 +301,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _max_opset() -> int:
+    """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.14)."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", DEFAULT_OPSET))
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before the model is loaded, what would fail after a slow export or replace a file it should not."""
+    if args.batch < 1 or args.batch > 1024:
+        raise ConfigError(f"--batch must be between 1 and 1024, got {args.batch}")
+    if args.tolerance != args.tolerance:  # NaN: every comparison would fail
+        raise ConfigError("--tolerance must be a number, got nan")
+    if args.format == "onnx" and not MIN_OPSET <= args.opset <= _max_opset():
+        raise ConfigError(
+            f"--opset {args.opset}: the attention crop's grid_sample needs opset {MIN_OPSET} or newer, and this torch "
+            f"exports up to {_max_opset()}; use --opset {DEFAULT_OPSET}"
+        )
+    check_out(Path(args.out), Path(args.checkpoint), args.format)
+
+
+def check_out(out: Path, checkpoint: Path, fmt: str) -> None:
+    """``out`` and its sidecar ``out.json`` may be written: never the checkpoint itself (through any link or
+    spelling), never a folder, and an existing file only when it is an earlier racnn export of the same format,
+    which its sidecar says."""
+    sidecar = Path(f"{out}.json")
+    for path in (out, sidecar):
+        if same_file(path, checkpoint):
+            raise OutputError(f"--out {out}: {path} is the checkpoint being exported; choose another path")
+        if path.is_dir():
+            raise OutputError(f"--out {out}: {path} is a folder; give a file name such as {path / 'racnn.onnx'}")
+    writable_folder(out.parent, "--out")
+    if (out.exists() or sidecar.exists()) and not _earlier_export(sidecar, fmt):
+        existing = out if out.exists() else sidecar
+        raise OutputError(
+            f"--out {out}: {existing} exists and {sidecar.name} does not mark it as an earlier racnn {fmt} export; "
+            "racnn export does not replace it: choose another path"
+        )
+
+
+def _earlier_export(sidecar: Path, fmt: str) -> bool:
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == fmt and meta.get("output_names") == list(OUTPUT_NAMES)
+
+
+def _export_beside(out: Path, write) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``out``, then rename it over ``out``: a failed export keeps
+    the earlier one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        write(Path(name))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's private 0600
+        os.replace(name, out)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
 def main(args: argparse.Namespace) -> int:
     from racnn.api import model_normalization
     from racnn.checkpoint import load_model
 
-    if args.batch < 1:
-        print("error: --batch must be at least 1", file=sys.stderr)
-        return 2
     try:
+        check_arguments(args)
         model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
     except (CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail("", e)
+    try:
+        return _export(args, model, cfg, class_names, model_normalization(model))
+    except OSError as e:  # the export could not be written (no permission, disk full); an earlier one is kept
+        if isinstance(e, BrokenPipeError):
+            raise
+        return fail("", describe_os_error(e, target=args.out), code=1)
+
+
+def _export(args: argparse.Namespace, model: nn.Module, cfg, class_names: list[str], normalization) -> int:
     size = cfg.model.input_size
     out = Path(args.out)
     if args.format == "onnx":
@@ -318,14 +393,14 @@ def main(args: argparse.Namespace) -> int:
                 "error: ONNX export needs onnxruntime to check the result: pip install racnn[export]", file=sys.stderr
             )
             return 2
-        export_onnx(model, out, size, batch_size=args.batch, opset=args.opset)
+        _export_beside(out, lambda tmp: export_onnx(model, tmp, size, batch_size=args.batch, opset=args.opset))
         diff = verify_onnx(model, out, size, batch_size=args.batch + 1)
         extra = {"opset": args.opset}
     else:
-        export_torchscript(model, out, size, batch_size=args.batch)
+        _export_beside(out, lambda tmp: export_torchscript(model, tmp, size, batch_size=args.batch))
         diff = verify_torchscript(model, out, size, batch_size=args.batch + 1)
         extra = {}
-    mean, std = model_normalization(model)
+    mean, std = normalization
     sidecar = write_sidecar(
         out,
         format=args.format,
@@ -337,7 +412,7 @@ def main(args: argparse.Namespace) -> int:
         extra={**extra, "resize_ratio": cfg.data.resize_ratio, "backbone": cfg.model.backbone},
     )
     ok = diff <= args.tolerance
-    print(f"wrote {out} and {sidecar}")
+    print(printable(f"wrote {out} and {sidecar}"))
     print(
         f"parity with PyTorch (batch {args.batch + 1}, traced with {args.batch}): max abs difference {diff:.3g} "
         f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})"

@@ -101,9 +101,9 @@ def plot_confusion_matrix(
     fig, (ax,) = _figure(side + 1, side)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
-    if n <= 40:
-        ax.set_xticks(range(n), list(class_names), rotation=90, fontsize=6)
-        ax.set_yticks(range(n), list(class_names), fontsize=6)
+    if n <= 40:  # plain text, not mathtext: a class folder named "a$\foo$" stopped a run at its last step
+        ax.set_xticks(range(n), list(class_names), rotation=90, fontsize=6, parse_math=False)
+        ax.set_yticks(range(n), list(class_names), fontsize=6, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"confusion matrix ({int(counts.sum())} images)", fontsize=9)

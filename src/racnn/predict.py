@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 from racnn.checkpoint import CheckpointError
+from racnn.cli_errors import OutputError, fail, fail_os, writable_folder
 from racnn.config import ConfigError, resolve_device
+from racnn.safety import free_path, printable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_NAME_WIDTH = 24  # class names longer than this are cut in the table
@@ -61,8 +63,10 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[tuple[Path
             if not files:
                 out.append((path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder"))
             out += [(p, None) for p in files]
-        elif path.exists():
+        elif path.is_file():
             out.append((path, None))
+        elif path.exists():  # a FIFO or a device would block the read forever
+            out.append((path, "not a regular file"))
         else:
             out.append((path, "file not found"))
     return out
@@ -90,10 +94,31 @@ def _cut(name: str, width: int) -> str:
     return name if len(name) <= width else name[: width - 1] + "~"
 
 
+def save_beside(image, path: Path, taken: set[str]) -> Path:
+    """Write ``image`` as a PNG at ``path``, or beside it (``<stem>-2.png``, ...) when a file is there: an attention
+    picture never replaces a file, not even an input in the same folder. Returns where it went."""
+    while True:
+        target = free_path(path, taken)
+        taken.add(target.name)
+        try:
+            with open(target, "xb") as f:  # exclusive: a file made since the check is not replaced either
+                try:
+                    image.save(f, format="PNG")
+                except BaseException:
+                    f.close()
+                    target.unlink(missing_ok=True)
+                    raise
+        except FileExistsError:
+            continue
+        return target
+
+
 class _Table:
-    """Fixed-width rows, printed as they come: file, fused top-1, each scale's top-1."""
+    """Fixed-width rows, printed as they come: file, fused top-1, each scale's top-1. Names and files are printed
+    with control characters escaped (a class name from someone else's checkpoint may hold terminal escapes)."""
 
     def __init__(self, files: list[str], class_names: list[str], num_scales: int, answer: str = "fused") -> None:
+        files, class_names = [printable(f) for f in files], [printable(n) for n in class_names]
         self.file_width = max([len("file")] + [len(f) for f in files])
         self.name_width = min(MAX_NAME_WIDTH, max(len(n) for n in class_names))
         heads = ["fused" if answer == "fused" else "mean of scales"] + [f"scale {s + 1}" for s in range(num_scales)]
@@ -105,30 +130,44 @@ class _Table:
 
     def add(self, file: str, prediction) -> None:
         tops = [prediction.top] + [scores[0] for scores in prediction.scales]
-        print(self._row(file, [f"{_cut(t.name, self.name_width)} {t.prob:.3f}" for t in tops]), flush=True)
+        cells = [f"{_cut(printable(t.name), self.name_width)} {t.prob:.3f}" for t in tops]
+        print(self._row(printable(file), cells), flush=True)
 
 
 def main(args: argparse.Namespace) -> int:
     from racnn.api import load
-    from racnn.data.io import ImageLoadError, load_image
 
     if args.topk < 1 or args.batch_size < 1:
         print("error: --topk and --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if args.viz_max_side < 0:
+        return fail("", f"--viz-max-side must be 0 (never reduce) or a number of pixels, got {args.viz_max_side}")
+    viz_dir = Path(args.save_viz) if args.save_viz else None
     try:
+        if viz_dir is not None:
+            writable_folder(viz_dir, "--save-viz")
         device = resolve_device(args.device)
+    except OutputError as e:
+        return fail("", e)
     except (ConfigError, RuntimeError) as e:  # torch.device("gpu") raises RuntimeError
-        print(f"error: --device {args.device}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return fail("", f"--device {args.device}: {str(e).splitlines()[0]}")
     try:
         predictor = load(args.checkpoint, device=device)
     except (CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail("", e)
+    try:
+        return _predict(args, predictor, viz_dir)
+    except OSError as e:  # the attention pictures could not be written (no permission, disk full)
+        return fail_os("", e)
+
+
+def _predict(args: argparse.Namespace, predictor, viz_dir: Path | None) -> int:
+    from racnn.data.io import ImageLoadError, load_image
 
     entries = expand_inputs(args.inputs, recursive=args.recursive)
     names = viz_names([path for path, _ in entries])
-    viz_dir = Path(args.save_viz) if args.save_viz else None
+    taken: set[str] = set()
+    beside: list[tuple[str, str]] = []  # (name asked for, name written) when a file was already there
     if viz_dir is not None:
         viz_dir.mkdir(parents=True, exist_ok=True)
     table = None
@@ -141,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
     def report_error(path: Path, reason: str) -> None:
         nonlocal failed
         failed += 1
-        print(f"error: {path}: {reason}", file=sys.stderr)
+        print(f"error: {printable(path)}: {printable(reason)}", file=sys.stderr)
         if args.json:
             print(json.dumps({"file": str(path), "error": reason}), flush=True)
 
@@ -166,14 +205,25 @@ def main(args: argparse.Namespace) -> int:
             prediction.source = str(path)
             record = prediction.to_dict()
             if viz_dir is not None:
-                viz_path = viz_dir / names[start + i]
-                predictor.draw(images[i], prediction, args.viz_max_side or None).save(viz_path)
+                picture = predictor.draw(images[i], prediction, args.viz_max_side or None)
+                viz_path = save_beside(picture, viz_dir / names[start + i], taken)
+                if viz_path.name != names[start + i]:
+                    beside.append((names[start + i], viz_path.name))
                 record["viz"] = str(viz_path)
             if args.json:
                 print(json.dumps(record), flush=True)
             else:
                 table.add(str(path), prediction)
 
+    if beside:
+        shown = ", ".join(f"{a} -> {b}" for a, b in beside[:3]) + (", ..." if len(beside) > 3 else "")
+        print(
+            printable(
+                f"note: {len(beside)} attention picture(s) written beside files already in {viz_dir} ({shown}); "
+                "nothing was replaced"
+            ),
+            file=sys.stderr,
+        )
     if failed:
         print(f"{failed} of {len(entries)} input(s) failed", file=sys.stderr)
     return 1 if failed else 0

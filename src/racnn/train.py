@@ -22,7 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from racnn.checkpoint import CheckpointError, config_of, load_checkpoint
+from racnn.checkpoint import CheckpointError, CheckpointWriteError, config_of, load_checkpoint
+from racnn.cli_errors import check_classes, fail, fail_os, refuse_resume_overrides
 from racnn.config import Config, ConfigError, apply_overrides, load_config
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
@@ -60,14 +61,27 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.resume:
         if args.config or args.output_dir:
             raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
+        refuse_resume_overrides(overrides)
         path = Path(args.resume)
         ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
-        return apply_overrides(config_of(ckpt, path), overrides)
+        cfg = apply_overrides(config_of(ckpt, path), overrides)
+        check_resumed_classes(path, ckpt.get("class_names"), cfg)
+        return cfg
     if not args.config:
         raise ConfigError("give a config file (--config FILE) or a run to resume (--resume RUN_DIR)")
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     return load_config(args.config, overrides)
+
+
+def check_resumed_classes(path: Path, class_names: list[str] | None, cfg: Config) -> None:
+    """A resumed run continues on the classes it started with: ``--set data.root=...`` naming another data set
+    would go on training the same output units under other meanings."""
+    if not class_names:
+        return
+    from racnn.training import build_split
+
+    check_classes(path, list(class_names), build_split(cfg, "test", [0.5] * 3, [0.5] * 3), cfg.data)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -80,12 +94,15 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps(train_baseline(cfg), indent=2))
         else:
             fit(cfg, resume=args.resume)
+    except CheckpointWriteError as e:  # disk full, no permission: the run failed, the input was fine
+        return fail("racnn train: ", e, code=1)
     except (*USER_ERRORS, DatasetError) as e:
-        print(f"racnn train: error: {e}", file=sys.stderr)
-        return 2
+        return fail("racnn train: ", e)
     except NonFiniteLossError as e:
         print(f"racnn train: training stopped: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a log, picture or model file that could not be written
+        return fail_os("racnn train: ", e)
     except KeyboardInterrupt:
         return 130
     return 0

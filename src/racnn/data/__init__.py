@@ -6,7 +6,7 @@ family, which is what registers it in ``DATASETS``. Nothing here imports the mod
 """
 
 from .aircraft import FGVCAircraft
-from .base import ImageDataset, SkippedImagesWarning
+from .base import DataProblemsWarning, ImageDataset, SkippedImagesWarning
 from .cars import StanfordCars
 from .cub import CUB200
 from .dogs import StanfordDogs
@@ -31,6 +31,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
+    "DataProblemsWarning",
     "DatasetError",
     "DatasetIntegrityError",
     "DatasetLayoutError",

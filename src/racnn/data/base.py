@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 from PIL import Image
 from torch.utils.data import Dataset
 
+from racnn.safety import printable
+
 from .io import (
     DatasetError,
     DatasetIntegrityError,
@@ -37,11 +39,15 @@ from .io import (
 )
 from .transforms import to_tensor
 
-__all__ = ["ImageDataset", "SkippedImagesWarning"]
+__all__ = ["DataProblemsWarning", "ImageDataset", "SkippedImagesWarning"]
 
 
 class SkippedImagesWarning(UserWarning):
     """Unreadable image files were skipped (``skip_bad_files=True``)."""
+
+
+class DataProblemsWarning(UserWarning):
+    """Annotation problems were found and the entries concerned left out (``strict=False``)."""
 
 
 _DEFAULT_TRANSFORM = to_tensor()
@@ -121,8 +127,11 @@ class ImageDataset(Dataset):
         problems = list(problems)
         num_classes = len(classes)
         kept, seen = [], set()
+        root = os.path.abspath(self.root)
         for path, label in samples:
-            if not 0 <= label < num_classes:
+            if not _within(path, root):  # "../" or an absolute path in an annotation file
+                problems.append(f"{path}: outside the data root {self.root}; not read")
+            elif not 0 <= label < num_classes:
                 problems.append(f"{path}: label {label} is out of range 0..{num_classes - 1} (0-based)")
             elif path in seen:
                 problems.append(f"{path}: listed more than once in split {self.split!r}")
@@ -134,9 +143,13 @@ class ImageDataset(Dataset):
             problems += [
                 f"class {classes[c]!r} (label {c}) has no training images" for c in range(num_classes) if not counts[c]
             ]
+        if not kept and not problems:  # found now, not after a training epoch, by an evaluation of nothing
+            problems.append(f"split {self.split!r} has no images")
         problems = list(dict.fromkeys(problems))  # drop repeats, keep order
         if problems and self.strict:
             raise DatasetIntegrityError(self.name, self.root, problems)
+        if problems:
+            self._warn_problems(problems)
         self.problems = problems
         self.classes = list(classes)
         self.raw_classes = list(raw_classes) if raw_classes is not None else list(classes)
@@ -144,6 +157,19 @@ class ImageDataset(Dataset):
         if self.skip_bad_files:
             self._drop_bad_files()
         self.targets = [label for _, label in self.samples]
+
+    def _warn_problems(self, problems: list[str]) -> None:
+        """``strict=False`` keeps going without the entries concerned; it must not do so silently (a class missing
+        from train, or an empty one, changes what the model learns)."""
+        listed = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        warnings.warn(
+            printable(
+                f"{self.name} ({self.split}) under {self.root}: {len(problems)} problem(s), the entries concerned are "
+                f"left out (strict=False): {listed}. dataset.problems lists them all; `racnn data verify` reports them."
+            ),
+            DataProblemsWarning,
+            stacklevel=4,
+        )
 
     def _drop_bad_files(self) -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -157,8 +183,10 @@ class ImageDataset(Dataset):
         listed = "; ".join(f"{path} ({reason})" for path, reason in list(bad.items())[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         warnings.warn(
-            f"{self.name} ({self.split}): skipped {len(bad)} unreadable image file(s) of {total}: {listed}{more}. "
-            "The full list is in dataset.bad_files.",
+            printable(
+                f"{self.name} ({self.split}): skipped {len(bad)} unreadable image file(s) of {total}: {listed}{more}. "
+                "The full list is in dataset.bad_files."
+            ),
             SkippedImagesWarning,
             stacklevel=4,
         )
@@ -202,8 +230,10 @@ class ImageDataset(Dataset):
         if not self._warned_at_load:
             self._warned_at_load = True
             warnings.warn(
-                f"{self.name} ({self.split}): {error}; replaced by the next readable sample. Further unreadable "
-                "files are replaced without a warning and listed in dataset.bad_files (per process).",
+                printable(
+                    f"{self.name} ({self.split}): {error}; replaced by the next readable sample. Further unreadable "
+                    "files are replaced without a warning and listed in dataset.bad_files (per process)."
+                ),
                 SkippedImagesWarning,
                 stacklevel=4,
             )
@@ -251,6 +281,11 @@ def _read_id_table(path: Path, num_values: int, problems: list[str]) -> dict[int
     """
     table: dict[int, list[str]] = {}
     first_line: dict[int, int] = {}
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:  # a binary or wrongly encoded file: named, not a traceback without a name
+        problems.append(f"{path.name}: not a UTF-8 text file (byte {e.start} cannot be decoded)")
+        return table
     with path.open(encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             text = line.strip()
@@ -271,6 +306,13 @@ def _read_id_table(path: Path, num_values: int, problems: list[str]) -> dict[int
             table[image_id] = fields[1:]
             first_line[image_id] = line_number
     return table
+
+
+def _within(path: str, root: str) -> bool:
+    """Whether ``path`` stays inside the absolute folder ``root`` by its spelling (no ``..`` out, not absolute
+    elsewhere). Links are the folder scan's business (:mod:`.folder`)."""
+    full = os.path.abspath(path)  # sample paths are the root joined with the listed name
+    return full == root or full.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _display_name(raw: str, prefix: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .base import ImageDataset, _require
@@ -72,17 +73,85 @@ class ImageFolderSplits(ImageDataset):
         class_index = {c: i for i, c in enumerate(raw_classes)}
         suffixes = tuple(e.lower() for e in extensions)
         problems, samples = [], []
-        for folder in sorted(d for d in self.split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        folders = sorted(d for d in self.split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        scan = _LinkSafeScan(root, [self.split_dir, *folders], suffixes, problems)
+        for folder in folders:
             if folder.name not in class_index:
                 problems.append(
                     f"{self.split_dir.name}/{folder.name}: class folder not in train/ (train has {len(raw_classes)})"
                 )
                 continue
-            for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-                dirnames.sort()
-                samples += [
-                    (os.path.join(dirpath, f), class_index[folder.name])
-                    for f in sorted(filenames)
-                    if f.lower().endswith(suffixes) and not f.startswith(".")
-                ]
+            samples += [(path, class_index[folder.name]) for path in scan.files(folder)]
         self._set_samples(samples, raw_classes, problems=problems)
+
+
+class _LinkSafeScan:
+    """The image files under class folders, found recursively, following each link at most once and never out
+    of the data root.
+
+    ``os.walk(followlinks=True)`` has no cycle check: a link ``train/classA/up -> ..`` made classA swallow every
+    other class's images about 40 times over (until the path grew too long). Here every folder is read once, by
+    its real path: a link to a folder already read (an ancestor: a loop; another class folder: its images under
+    two labels) is skipped, and so is a link whose target lies outside the root, and a second name for a file
+    already found. Each skip is a problem, raised with ``strict=True`` and listed by ``racnn data verify``.
+    """
+
+    def __init__(self, root: Path, owned: list[Path], suffixes: tuple[str, ...], problems: list[str]) -> None:
+        self.root = os.path.realpath(root)
+        self.suffixes = suffixes
+        self.problems = problems
+        self.visited = {os.path.realpath(folder) for folder in owned}  # the split and its class folders
+        self.found: dict[str, str] = {}  # real path of a file -> the path it was first found under
+
+    def _inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def files(self, folder: Path) -> list[str]:
+        """The image files under ``folder``: sorted, each folder's files before its sub-folders' (as os.walk)."""
+        real = os.path.realpath(folder)
+        if not self._inside(real):
+            self.problems.append(f"{folder}: a link to {real}, outside the data root {self.root}; not read")
+            return []
+        out: list[str] = []
+        stack = [(str(folder), real)]
+        while stack:
+            path, real = stack.pop()
+            try:
+                entries = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError as e:  # os.walk skipped such a folder without a word
+                self.problems.append(f"{path}: cannot read the folder ({e.strerror or e}); its images are left out")
+                continue
+            out += [f for f in (self._file(e, real) for e in entries) if f is not None]
+            below = [d for d in (self._folder(e, real) for e in entries) if d is not None]
+            stack += reversed(below)
+        return out
+
+    def _folder(self, entry: os.DirEntry, parent_real: str) -> tuple[str, str] | None:
+        if not entry.is_dir():  # follows links: a link to a folder is a folder here
+            return None
+        real = os.path.realpath(entry.path)
+        if not self._inside(real):
+            self.problems.append(f"{entry.path}: a link to {real}, outside the data root {self.root}; not followed")
+            return None
+        if parent_real == real or parent_real.startswith(real.rstrip(os.sep) + os.sep):
+            self.problems.append(f"{entry.path}: a link loop (back to {real}, a folder above it); not followed")
+            return None
+        if real in self.visited:
+            self.problems.append(f"{entry.path}: a link to a folder already read ({real}); not followed again")
+            return None
+        self.visited.add(real)
+        return entry.path, real
+
+    def _file(self, entry: os.DirEntry, folder_real: str) -> str | None:
+        name = entry.name
+        if name.startswith(".") or not name.lower().endswith(self.suffixes) or entry.is_dir():
+            return None
+        real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(folder_real, name)
+        if not self._inside(real):
+            self.problems.append(f"{entry.path}: a link to {real}, outside the data root {self.root}; not read")
+            return None
+        if real in self.found:
+            self.problems.append(f"{entry.path}: the same file as {self.found[real]}; read once")
+            return None
+        self.found[real] = entry.path
+        return entry.path

@@ -20,10 +20,16 @@ __all__ = [
     "DatasetLayoutError",
     "ImageLoadError",
     "check_image_file",
+    "check_image_size",
+    "image_size_problem",
     "load_image",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# The longest side of an image racnn reads may be at most this many times its shortest. The preprocessing resizes
+# the SHORTER side to about the input size, so a 1 x 100000 picture would become 512 x 51 million pixels.
+MAX_ASPECT_RATIO = 50
 
 # Modes that hold more than 8 bits per channel; PIL's own convert("L") clips them at 255 instead of scaling.
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -108,6 +114,26 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def image_size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width x height`` pixels is refused (no pixels, or sides more than
+    :data:`MAX_ASPECT_RATIO` times apart), or None."""
+    if width < 1 or height < 1:
+        return f"it has no pixels ({width} x {height})"
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        return (
+            f"it is {width} x {height} pixels: sides more than {MAX_ASPECT_RATIO} times apart would be resized to a "
+            "huge image (the shorter side goes to the input size)"
+        )
+    return None
+
+
+def check_image_size(width: int, height: int, what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` when :func:`image_size_problem` finds one."""
+    problem = image_size_problem(width, height)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
+
+
 def load_image(path: str | os.PathLike, dataset: str | None = None) -> Image.Image:
     """Loads an image file as an 8-bit RGB PIL image.
 
@@ -126,10 +152,17 @@ def load_image(path: str | os.PathLike, dataset: str | None = None) -> Image.Ima
         ImageLoadError: the file is missing, empty, truncated, or not an image PIL can read.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO or device that would block the read forever
+        raise ImageLoadError(path, "not a regular file", dataset)
     try:
         with Image.open(path) as image:
+            problem = image_size_problem(image.width, image.height)
+            if problem:
+                raise ImageLoadError(path, problem, dataset)
             image.load()
             return _to_rgb(image)
+    except ImageLoadError:
+        raise
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found", dataset) from None
     except UnidentifiedImageError:
@@ -167,11 +200,14 @@ def check_image_file(path: str | os.PathLike, full: bool = False) -> str | None:
     path = Path(path)
     try:
         if not path.is_file():
-            return "file not found"
+            return "not a regular file" if path.exists() else "file not found"
         if path.stat().st_size == 0:
             return "empty file"
         with Image.open(path) as image:
             format = image.format
+            problem = image_size_problem(image.width, image.height)
+            if problem:
+                return problem
             if full:
                 image.verify()
         if full or not _has_end_marker(path, format):

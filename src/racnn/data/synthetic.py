@@ -144,10 +144,10 @@ class SyntheticFineGrained(Dataset):
             raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
         if not 2 <= num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes must be between 2 and {MAX_CLASSES}, got {num_classes}")
-        if image_size < 32:
-            raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if not 32 <= image_size <= 4096:
+            raise ValueError(f"image_size must be between 32 and 4096 pixels, got {image_size}")
+        if not 0 <= num_samples <= 10_000_000:  # its targets list is made up front
+            raise ValueError(f"num_samples must be between 0 and 10,000,000, got {num_samples}")
         self.root = root
         self.split = split
         self.num_samples = int(num_samples)

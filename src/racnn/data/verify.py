@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from racnn.safety import printable
+
+from .base import DataProblemsWarning
 from .io import DatasetError, DatasetIntegrityError, DatasetLayoutError, check_image_file
 from .registry import DATASETS, build_dataset, dataset_names
 
@@ -70,15 +74,16 @@ class VerifyReport:
 
     def format(self, max_bad_files: int = 50) -> str:
         """The report as text: a table of splits, then bad files, problems and the verdict."""
-        lines = [f"Data set: {self.name}    root: {self.root}    classes: {len(self.classes)}", ""]
+        # Class and file names come from the data set: printed with control characters escaped.
+        lines = [f"Data set: {self.name}    root: {printable(self.root)}    classes: {len(self.classes)}", ""]
         header = ("split", "images", "classes", "fewest per class", "most per class", "bad files")
         rows = [
             (
                 s.split,
                 str(s.num_images),
                 f"{s.num_classes_present}/{len(self.classes)}",
-                f"{s.fewest[0]} ({s.fewest[1]})",
-                f"{s.most[0]} ({s.most[1]})",
+                f"{s.fewest[0]} ({printable(s.fewest[1])})",
+                f"{s.most[0]} ({printable(s.most[1])})",
                 str(s.num_bad),
             )
             for s in self.splits.values()
@@ -89,14 +94,15 @@ class VerifyReport:
         lines.append("")
         if self.bad_files:
             lines.append(f"Bad files ({len(self.bad_files)}):")
-            lines += [f"  {path}: {reason}" for path, reason in list(self.bad_files.items())[:max_bad_files]]
+            shown = list(self.bad_files.items())[:max_bad_files]
+            lines += [f"  {printable(path)}: {printable(reason)}" for path, reason in shown]
             if len(self.bad_files) > max_bad_files:
                 lines.append(f"  ... and {len(self.bad_files) - max_bad_files} more")
         else:
             lines.append("Bad files: none")
         if self.problems:
             lines.append(f"Problems ({len(self.problems)}):")
-            lines += [f"  - {p}" for p in self.problems]
+            lines += [f"  - {printable(p, keep_newlines=True)}" for p in self.problems]
         else:
             lines.append("Problems: none")
         issues = len(self.problems) + len(self.bad_files)
@@ -153,7 +159,9 @@ def verify_dataset(
         options.update(strict=False, skip_bad_files=False)
     for split in splits or _default_splits(name, root, options):
         try:
-            dataset = build_dataset(name, root, split, **options)
+            with warnings.catch_warnings():  # the problems are the report's, not a warning's
+                warnings.simplefilter("ignore", DataProblemsWarning)
+                dataset = build_dataset(name, root, split, **options)
         except DatasetLayoutError as error:
             report.problems.append(f"[{split}] {error}")
             continue
@@ -168,7 +176,7 @@ def verify_dataset(
         num_bad = 0
         paths = [path for path, _ in getattr(dataset, "samples", [])]
         if paths:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            with ThreadPoolExecutor(max_workers=min(max(1, workers), 64)) as pool:  # --workers 100000: 64
                 reasons = list(pool.map(partial(check_image_file, full=full), paths))
             for path, reason in zip(paths, reasons, strict=True):
                 if reason is not None:

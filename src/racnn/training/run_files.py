@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from racnn.checkpoint import load_checkpoint, save_checkpoint
+from racnn.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, write_failure
 from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
 )
+from racnn.safety import describe_os_error
 
 
 def phase_label(index: int, count: int, kind: str, round_index: int) -> str:
@@ -77,10 +78,9 @@ def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
     run_dir = base
     if dist_info.is_main:
         n = 0
-        while run_dir.exists():
+        while not _made(run_dir, cfg.train.output_dir):  # another run may take a name between the test and mkdir
             n += 1
             run_dir = base.with_name(f"{base.name}-{n}")
-        run_dir.mkdir(parents=True)
         save_config(cfg, run_dir / "config.yaml")
     if dist_info.enabled:
         import torch.distributed as dist
@@ -91,6 +91,20 @@ def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
     return run_dir
 
 
+def _made(run_dir: Path, output_dir: str) -> bool:
+    """Make ``run_dir``; False when something is already there. An output folder that cannot hold it (a file,
+    no permission) is the config's fault and says so."""
+    if run_dir.exists():
+        return False
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise ConfigError(f"train.output_dir {output_dir}: {describe_os_error(e, 'cannot make the run folder')}") from e
+    return True
+
+
 def load_resume(resume: str | Path) -> dict[str, Any]:
     path = Path(resume)
     path = path / "last.pt" if path.is_dir() else path
@@ -98,7 +112,26 @@ def load_resume(resume: str | Path) -> dict[str, Any]:
     for key in ("state", "rng"):
         if key not in ckpt:
             raise ConfigError(f"{path} is not a training checkpoint (no '{key}'); resume from a run's last.pt")
+    problem = _state_problem(ckpt)
+    if problem:
+        raise ConfigError(f"{path}: its training state is damaged ({problem}); resume from an intact last.pt")
     return ckpt
+
+
+def _state_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the resume state of a checkpoint (types the loop relies on), or None."""
+    state, rng = ckpt["state"], ckpt["rng"]
+    if not isinstance(state, dict) or not isinstance(rng, dict):
+        return "'state' and 'rng' must be mappings"
+    for key in ("phase_index", "epoch", "global_epoch", "global_step"):
+        if not isinstance(state.get(key), int) or isinstance(state.get(key), bool) or state[key] < 0:
+            return f"state.{key} must be a count, got {type(state.get(key)).__name__}"
+    if not isinstance(state.get("history"), list) or not all(isinstance(row, dict) for row in state["history"]):
+        return "state.history must be a list of rows"
+    if not isinstance(state.get("metrics"), dict):
+        return "state.metrics must be a mapping"
+    missing = [key for key in ("torch", "cuda", "python", "numpy") if key not in rng]
+    return f"rng has no {', '.join(missing)}" if missing else None
 
 
 def seed_everything(seed: int) -> None:
@@ -140,8 +173,14 @@ def save_safetensors(
     if trained_heads is not None:
         metadata["trained_heads"] = json.dumps(trained_heads)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    except Exception as e:  # a full disk is a SafetensorError with no errno; say it in words, keep the old file
+        needed = sum(t.numel() * t.element_size() for t in tensors.values())
+        reason = write_failure(path, e, needed)
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(reason) from e
 
 
 def branch_run(checkpoint: Path, cfg: Config, out_dir: Path) -> Path:
