@@ -609,3 +609,14 @@ def test_an_unreadable_folder_in_a_class_is_reported_not_skipped_silently(tmp_pa
     monkeypatch.setattr(folder_module.os, "scandir", scandir)
     with pytest.raises(ValueError, match="locked: cannot read the folder"):
         build_dataset("folder", root, "train")
+
+
+def test_class_names_cannot_become_spreadsheet_formulas(tmp_path):
+    from racnn.training import write_eval_files
+
+    metrics = {"n_images": 2, "top1_fused": 0.5, "confusion_head": "fused", "per_class_top1": [1.0, 0.0],
+               "confusion_matrix": [[1, 0], [1, 0]]}  # fmt: skip
+    write_eval_files(metrics, tmp_path, ["=HYPERLINK(1)", "finch"])
+    for name in ("confusion.csv", "per_class.csv"):
+        text = (tmp_path / name).read_text()
+        assert "'=HYPERLINK(1)" in text and ",=" not in text and "\n=" not in text

@@ -115,8 +115,8 @@ def test_train_then_eval_prints_every_scale_and_writes_the_confusion_matrix(tmp_
 def test_nan_loss_stops_the_run_naming_phase_epoch_and_step(tmp_path, monkeypatch, capsys):
     real = training_steps.ranking_losses
 
-    def poisoned(logits, target, margin=0.05):
-        return {name: value * float("inf") for name, value in real(logits, target, margin).items()}
+    def poisoned(logits, target, margin=0.05, coarser_fixed=False):
+        return {name: value * float("inf") for name, value in real(logits, target, margin, coarser_fixed).items()}
 
     monkeypatch.setattr(training_steps, "ranking_losses", poisoned)
     assert main(_train(tmp_path)) == 1

@@ -19,6 +19,7 @@ __all__ = [
     "free_path",
     "is_inside",
     "printable",
+    "spreadsheet_cell",
     "same_file",
 ]
 
@@ -121,3 +122,9 @@ def describe_os_error(error: OSError, doing: str = "could not write", target: st
     reason = _OS_REASONS.get(error.errno or 0) or (error.strerror or str(error) or type(error).__name__)
     target = target if target is not None else (error.filename if error.filename is not None else "")
     return printable(f"{doing} {target}: {reason}" if target else f"{doing}: {reason}")
+
+
+def spreadsheet_cell(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet shows as text: a leading ``=``, ``+``, ``-``, ``@``, tab or carriage
+    return would make it a formula (CSV injection), so such a cell gets a leading apostrophe."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -26,6 +26,7 @@ from racnn.distributed import (
 )
 from racnn.heads import head_logits, head_names
 from racnn.losses import ranking_losses
+from racnn.safety import spreadsheet_cell
 from racnn.training.precision import autocast
 
 
@@ -200,16 +201,17 @@ def write_eval_files(metrics: dict[str, Any], out_dir: str | Path, class_names: 
     summary = {**scalar_metrics(metrics), "confusion_head": metrics["confusion_head"]}
     summary["per_class_top1"] = dict(zip(names, metrics["per_class_top1"], strict=True))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    cells = [spreadsheet_cell(name) for name in names]  # class names come from someone else's data set
     with open(out_dir / "confusion.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *names])
-        writer.writerows([name, *row] for name, row in zip(names, matrix, strict=True))
+        writer.writerow(["true \\ predicted", *cells])
+        writer.writerows([name, *row] for name, row in zip(cells, matrix, strict=True))
     with open(out_dir / "per_class.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "images", f"top1_{metrics['confusion_head']}"])
         writer.writerows(
             [name, sum(row), f"{acc:.6f}"]
-            for name, row, acc in zip(names, matrix, metrics["per_class_top1"], strict=True)
+            for name, row, acc in zip(cells, matrix, metrics["per_class_top1"], strict=True)
         )
     head = metrics["confusion_head"]
     title = f"confusion matrix, head '{head}', top-1 {100 * metrics[f'top1_{head}']:.1f} % of {metrics['n_images']}"

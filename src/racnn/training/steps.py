@@ -64,7 +64,7 @@ def train_apn_epoch(
 
     def losses(net, images, targets):
         out = net(images)
-        return ranking_losses(out.logits, targets, margin, coarser_fixed), _scale_logits(out)
+        return ranking_losses(out.logits, targets, margin=margin, coarser_fixed=coarser_fixed), _scale_logits(out)
 
     return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
 
