@@ -139,7 +139,7 @@ def test_synthetic_attention_reduced(tmp_path):
                 "data.val_fraction=0.25", "train.warmup.epochs=1", "train.cls.epochs=1",
                 "train.progress=false"]  # fmt: skip
     out = _run("benchmarks/synthetic_attention.py", "--seeds", "0", "--output-dir", str(tmp_path),
-               "--compare", "train.rank_coarser=fixed", *[a for s in settings for a in ("--set", s)])  # fmt: skip
+               "--compare", "train.rank_coarser=trained", *[a for s in settings for a in ("--set", s)])  # fmt: skip
     assert "| 0 | APN pre-trained (before ranking) |" in out and "| 0 | after the ranking phase |" in out
     assert "| as configured | IoU s2 |" in out and "| beyond seed spread |" in out
     before = load_checkpoint(tmp_path / "attention_s0" / "phase3_cls.pt")["model"]
@@ -147,6 +147,6 @@ def test_synthetic_attention_reduced(tmp_path):
     apn = [k for k in before if k.startswith("apns.")]
     assert any(not torch.equal(before[k], after[k]) for k in apn)  # the ranking phase moved the APNs
     assert all(torch.equal(before[k], after[k]) for k in before if k not in apn)  # and nothing else
-    assert "| 0 | after the ranking phase, train.rank_coarser=fixed |" in out  # a variant from the same checkpoint
+    assert "| 0 | after the ranking phase, train.rank_coarser=trained |" in out  # a variant from the same checkpoint
     variant = load_checkpoint(tmp_path / "attention_s0_variant1" / "phase4_apn.pt")["model"]
     assert any(not torch.equal(after[k], variant[k]) for k in apn)

@@ -115,7 +115,7 @@ class TrainConfig:
     grad_accum: int = 1
     label_smoothing: float = 0.0
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
-    rank_coarser: str = "trained"  # trained: the literal loss | fixed: p_t(s) a constant target for p_t(s+1)
+    rank_coarser: str = "fixed"  # fixed: p_t(s) a constant target for p_t(s+1) | trained: the literal loss
     pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
     best_metric: str = "top1_fused"  # the val metric best.pt follows: top1_fused | top1_s1 | top1_s2 | top1_avg ...
