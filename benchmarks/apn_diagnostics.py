@@ -6,7 +6,8 @@ Over ``--images`` augmented training images (what the APN phase sees), with the 
 - ``p_t`` per scale: the true-class probability the ranking loss reads (mean and quartiles), and the label-smoothing
   optimum ``1 - eps + eps / K`` every scale is trained toward;
 - the hinge: how often ``p_t(s) - p_t(s+1) + margin > 0`` (the loss is active) per scale pair;
-- the gradient: the norm of the ranking loss's gradient reaching each APN's parameters, per batch (mean);
+- the gradient: the norm of the ranking loss's gradient (``train.rank_coarser`` as set) reaching each APN's
+  parameters, per batch (mean);
 - the room: each box's side, and how far its centre can move with that side (``1 - side`` of the scale's input);
 - the motion: the mean change of the boxes (centre, side; in units of the image) on the validation images after one
   APN epoch with the checkpoint's ``train.apn`` settings (or ``--set`` ones).
@@ -69,7 +70,8 @@ def measure_gradients(model, cfg, images: int) -> dict[str, list[float]]:
         for s in range(len(p_true) - 1):
             active = (p_true[s] - p_true[s + 1] + cfg.train.margin > 0).float()
             stats.setdefault(f"hinge active {s + 1}>{s + 2}", []).extend(active.tolist())
-        sum(ranking_losses(out.logits, targets, margin=cfg.train.margin).values()).backward()
+        fixed = cfg.train.rank_coarser == "fixed"
+        sum(ranking_losses(out.logits, targets, margin=cfg.train.margin, coarser_fixed=fixed).values()).backward()
         for s, apn in enumerate(model.apns):
             norm = torch.sqrt(sum((p.grad**2).sum() for p in apn.parameters() if p.grad is not None))
             stats.setdefault(f"grad norm APN {s + 1}", []).append(float(norm))
