@@ -12,6 +12,7 @@ On the same data, seeds and budget (METHOD §6), one row per model and seed, pri
   phases run once: the pre-trained-only run keeps its phase checkpoints and the full run resumes from the one
   before its first APN phase).
 
+The RA-CNN variants run first (the rows a stopped run should not lose), then the baselines and their ensemble.
 Models are chosen on the validation split (``data.val_fraction``); the test split is read once per model. Then a
 summary: mean and spread (min-max) over the seeds of val and test top-1, and test top-1 of scales 1-3 for the
 RA-CNN variants. ``--record`` appends the tables to docs/BENCHMARKS.md with the command, the machine (CPU model,
@@ -158,6 +159,31 @@ def run(args: argparse.Namespace) -> Rows:
 
     scales = config(seeds[0]).model.num_scales
     rows = Rows()
+    for seed in seeds:
+        cfg = config(seed)
+        if {"pretrained", "racnn"} & set(models):
+            name = f"{cfg.train.name}_pretrained_s{seed}"
+            pre_cfg = config(seed, "train.apn.epochs=0", "train.keep_phase_checkpoints=true", f"train.name={name}")
+            start = time.perf_counter()
+            pre = fit(pre_cfg)
+            pre_wall = time.perf_counter() - start
+            if "pretrained" in models:
+                rows.add(NAMES["pretrained"], seed, *_fit_row(pre), pre_wall)
+            if "racnn" in models:
+                full_cfg = config(seed, f"train.name={cfg.train.name}_s{seed}")
+                start = time.perf_counter()
+                out = Path(args.output_dir) / full_cfg.train.name
+                result = fit(full_cfg, resume=_branch(pre.run_dir, full_cfg, out))
+                shared = sum(r["global_epoch"] <= _shared_epochs(full_cfg) for r in pre.history) / len(pre.history)
+                rows.add(NAMES["racnn"], seed, *_fit_row(result), time.perf_counter() - start + shared * pre_wall)
+        if "fixed" in models:
+            side = cfg.train.pretrain_side
+            fixed = config(seed, f"model.fixed_side={side}", "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
+                           f"train.name={cfg.train.name}_fixed_s{seed}")  # fmt: skip
+            start = time.perf_counter()
+            result = fit(fixed)
+            val, test, per_scale = _fit_row(result)
+            rows.add(NAMES["fixed"], seed, val, test, per_scale, time.perf_counter() - start)
     baselines: dict[int, dict] = {}
     if {"baseline", "ensemble"} & set(models):
         needed = sorted({s + i for s in seeds for i in range(scales if "ensemble" in models else 1)})
@@ -177,31 +203,6 @@ def run(args: argparse.Namespace) -> Rows:
                 accuracy[split] = topk_accuracy(probs, members[0]["targets"][split])["top1"]
             wall = sum(m["wall"] for m in members)
             rows.add(NAMES["ensemble"].format(S=scales), seed, accuracy.get("val"), accuracy["test"], wall=wall)
-    for seed in seeds:
-        cfg = config(seed)
-        if "fixed" in models:
-            side = cfg.train.pretrain_side
-            fixed = config(seed, f"model.fixed_side={side}", "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
-                           f"train.name={cfg.train.name}_fixed_s{seed}")  # fmt: skip
-            start = time.perf_counter()
-            result = fit(fixed)
-            val, test, per_scale = _fit_row(result)
-            rows.add(NAMES["fixed"], seed, val, test, per_scale, time.perf_counter() - start)
-        if {"pretrained", "racnn"} & set(models):
-            name = f"{cfg.train.name}_pretrained_s{seed}"
-            pre_cfg = config(seed, "train.apn.epochs=0", "train.keep_phase_checkpoints=true", f"train.name={name}")
-            start = time.perf_counter()
-            pre = fit(pre_cfg)
-            pre_wall = time.perf_counter() - start
-            if "pretrained" in models:
-                rows.add(NAMES["pretrained"], seed, *_fit_row(pre), pre_wall)
-            if "racnn" in models:
-                full_cfg = config(seed, f"train.name={cfg.train.name}_s{seed}")
-                start = time.perf_counter()
-                out = Path(args.output_dir) / full_cfg.train.name
-                result = fit(full_cfg, resume=_branch(pre.run_dir, full_cfg, out))
-                shared = sum(r["global_epoch"] <= _shared_epochs(full_cfg) for r in pre.history) / len(pre.history)
-                rows.add(NAMES["racnn"], seed, *_fit_row(result), time.perf_counter() - start + shared * pre_wall)
     return rows
 
 

@@ -201,6 +201,8 @@ def run_row(args: argparse.Namespace, checkpoint: Path, clients: int, pictures: 
         for thread in threads:
             thread.join()
         seconds = time.perf_counter() - start
+        control.close()  # idle through the run: the server's keep-alive timeout has closed it
+        control = connect(port)
         after = call(control, "GET", "/health")[1]["queue"]
         control.close()
         rss = peak_rss_mib(server.pid)
