@@ -66,3 +66,14 @@ def make_checkpoint(path: Path, images: list[Path], steps: int = 4, seed: int = 
     return save_checkpoint(
         path, {"config": config_to_dict(cfg), "model": model.state_dict(), "class_names": CLASS_NAMES}
     )
+
+
+def app_files(root: Path) -> dict[str, Path]:
+    """The app tests' inputs: the test photos, a text file named like a photo, and a tiny checkpoint."""
+    images = write_images(root / "images")
+    (root / "notes.jpg").write_text("a text file named like a photo")
+    return {
+        **images,
+        "notes.jpg": root / "notes.jpg",
+        "checkpoint": make_checkpoint(root / "tiny.pt", [*images.values()]),
+    }

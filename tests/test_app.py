@@ -31,7 +31,7 @@ from PIL import Image
 pytest.importorskip("starlette", reason="racnn app needs the app extra: pip install 'racnn[app]'")
 pytest.importorskip("uvicorn", reason="racnn app needs the app extra: pip install 'racnn[app]'")
 
-from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, make_checkpoint, write_images  # noqa: E402
+from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, app_files  # noqa: E402
 from racnn.api import Predictor, load  # noqa: E402
 from racnn.app import MISSING_EXTRA  # noqa: E402
 from racnn.app.inference import Busy, ImageError, InferenceQueue, decode_image  # noqa: E402
@@ -46,14 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("app")
-    images = write_images(root / "images")
-    (root / "notes.jpg").write_text("a text file named like a photo")
-    return {
-        **images,
-        "notes.jpg": root / "notes.jpg",
-        "checkpoint": make_checkpoint(root / "tiny.pt", [*images.values()]),
-    }
+    return app_files(tmp_path_factory.mktemp("app"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ pytest.importorskip("starlette", reason="racnn app needs the app extra: pip inst
 pytest.importorskip("uvicorn", reason="racnn app needs the app extra: pip install 'racnn[app]'")
 
 from chromium import BrowserError, Chromium, find_chromium  # noqa: E402
-from inference_fixtures import IMAGE_SIZES, make_checkpoint, write_images  # noqa: E402
+from inference_fixtures import IMAGE_SIZES, app_files  # noqa: E402
 from racnn.api import Predictor, load  # noqa: E402
 from racnn.app.server import BackgroundServer, Limits, create_app  # noqa: E402
 from racnn.visualize import SCALE_COLORS  # noqa: E402
@@ -52,14 +52,7 @@ SNAPSHOT = """(() => {
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("app-browser")
-    images = write_images(root / "images")
-    (root / "notes.jpg").write_text("a text file named like a photo")
-    return {
-        **images,
-        "notes.jpg": root / "notes.jpg",
-        "checkpoint": make_checkpoint(root / "tiny.pt", [*images.values()]),
-    }
+    return app_files(tmp_path_factory.mktemp("app-browser"))
 
 
 @pytest.fixture(scope="module")
