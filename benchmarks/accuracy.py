@@ -40,7 +40,8 @@ import torch
 from racnn.config import Config, load_config
 from racnn.training import expand_schedule, fit, train_baseline
 from racnn.training.baseline import topk_accuracy
-from racnn.training.run_files import branch_run
+from racnn.training.run_files import branch_run, phase_checkpoint
+from racnn.training.schedule import first_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("baseline", "ensemble", "fixed", "pretrained", "racnn")
@@ -140,8 +141,7 @@ def _fit_row(result) -> tuple[float | None, float, list[float]]:
 def _branch(pre_dir: Path, cfg: Config, out: Path) -> Path:
     """A run folder that resumes the full schedule from the pre-trained-only run, where the two part."""
     schedule = expand_schedule(cfg.train)
-    first_apn = next(i for i, (kind, _, _) in enumerate(schedule) if kind == "apn")
-    return branch_run(pre_dir / f"phase{first_apn}_{schedule[first_apn - 1][0]}.pt", cfg, out)
+    return branch_run(phase_checkpoint(pre_dir, schedule, first_phase(schedule, "apn") - 1), cfg, out)
 
 
 def run(args: argparse.Namespace) -> Rows:
@@ -208,12 +208,8 @@ def run(args: argparse.Namespace) -> Rows:
 
 def _shared_epochs(cfg: Config) -> int:
     """Epochs of the phases before the first APN phase: those the full run shares with the pre-trained-only run."""
-    total = 0
-    for kind, phase, _ in expand_schedule(cfg.train):
-        if kind == "apn":
-            return total
-        total += phase.epochs
-    return total
+    schedule = expand_schedule(cfg.train)
+    return sum(phase.epochs for _, phase, _ in schedule[: first_phase(schedule, "apn")])
 
 
 def main(argv: list[str] | None = None) -> int:

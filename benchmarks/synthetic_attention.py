@@ -38,7 +38,8 @@ from accuracy import machine
 from racnn.checkpoint import load_model
 from racnn.demo import demo_config
 from racnn.training import build_split, evaluate, expand_schedule, fit, make_eval_loader, object_boxes_in_input
-from racnn.training.run_files import branch_run
+from racnn.training.run_files import branch_run, phase_checkpoint
+from racnn.training.schedule import first_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTITIES = ("IoU s2", "IoU s3", "on detail s2", "on detail s3", "val s2", "val s3")
@@ -80,9 +81,8 @@ def attention_metrics(checkpoint: Path) -> dict[str, float]:
 def around_first_ranking_phase(run_dir: Path, cfg) -> tuple[Path, Path]:
     """The phase checkpoints just before and just after the first APN phase."""
     schedule = expand_schedule(cfg.train)
-    first = next(i for i, (kind, _, _) in enumerate(schedule) if kind == "apn")
-    before = run_dir / f"phase{first}_{schedule[first - 1][0]}.pt"
-    return before, run_dir / f"phase{first + 1}_apn.pt"
+    first = first_phase(schedule, "apn")
+    return phase_checkpoint(run_dir, schedule, first - 1), phase_checkpoint(run_dir, schedule, first)
 
 
 def _changes(name: str, before: list[dict[str, float]], after: list[dict[str, float]]) -> list[str]:

@@ -375,9 +375,9 @@ def _check_device(name: str) -> None:
 
 
 def _check_best_metric(metric: str, num_scales: int) -> None:
-    heads = [f"s{s}" for s in range(1, num_scales + 1)]
-    heads += ["+".join(str(s) for s in range(1, n + 1)) for n in range(2, num_scales + 1)] + ["fused", "avg"]
-    valid = [f"top{k}_{head}" for k in (1, 5) for head in heads]
+    from racnn.heads import head_names
+
+    valid = [f"top{k}_{head}" for k in (1, 5) for head in head_names(num_scales)]
     if metric not in valid:
         raise ConfigError(f"train.best_metric must be one of {', '.join(valid)}; got {metric!r}")
 

@@ -49,6 +49,7 @@ from racnn.training.run_files import (
     load_resume,
     log,
     new_run_dir,
+    phase_checkpoint,
     phase_label,
     rng_state,
     save_safetensors,
@@ -379,7 +380,7 @@ class _Run:
         save_checkpoint(self.run_dir / "last.pt", payload)
         if self.cfg.train.keep_phase_checkpoints and payload["optimizer"] is None:  # the epoch ended its phase
             index = self.state["phase_index"] - 1
-            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / f"phase{index + 1}_{self.schedule[index][0]}.pt")
+            shutil.copyfile(self.run_dir / "last.pt", phase_checkpoint(self.run_dir, self.schedule, index))
         if improved or keep_last:
             best = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
             save_checkpoint(self.run_dir / "best.pt", best)

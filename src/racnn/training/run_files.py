@@ -183,6 +183,12 @@ def save_safetensors(
         raise CheckpointWriteError(reason) from e
 
 
+def phase_checkpoint(run_dir: Path, schedule: list[tuple[str, Any, int]], index: int) -> Path:
+    """``run_dir/phase<N>_<kind>.pt``: ``last.pt`` as phase ``index`` (0-based, of ``schedule``) ended, kept with
+    ``train.keep_phase_checkpoints``."""
+    return run_dir / f"phase{index + 1}_{schedule[index][0]}.pt"
+
+
 def branch_run(checkpoint: Path, cfg: Config, out_dir: Path) -> Path:
     """A new run folder that continues from another run's phase checkpoint (``train.keep_phase_checkpoints``)
     with ``cfg``: ``fit(cfg, resume=out_dir)`` then runs ``cfg``'s schedule from where that phase ended.

@@ -35,6 +35,14 @@ def expand_schedule(train: TrainConfig) -> list[tuple[str, PhaseConfig, int]]:
     return [(kind, phase, r) for kind, phase, r in phases if phase.epochs > 0]
 
 
+def first_phase(schedule: list[tuple[str, PhaseConfig, int]], kind: str) -> int:
+    """The index in ``schedule`` (see :func:`expand_schedule`) of its first phase of ``kind``."""
+    for index, (phase_kind, _, _) in enumerate(schedule):
+        if phase_kind == kind:
+            return index
+    raise ValueError(f"the schedule has no {kind!r} phase (its phases: {[k for k, _, _ in schedule]})")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. What each phase trains
 
