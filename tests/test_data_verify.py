@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import make_aircraft, make_cub, make_dogs, make_folder, truncate, write_image, write_noise_jpeg
-from racnn.data import verify
+from racnn import verify_cli
+from racnn.cli import main
 from racnn.data.verify import verify_dataset
 
 
 def run_verify(argv: list[str], capsys) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
-    verify.add_arguments(parser)
-    code = verify.main(parser.parse_args(argv))
+    verify_cli.add_arguments(parser)
+    code = verify_cli.main(parser.parse_args(argv))
     return code, capsys.readouterr().out
 
 
@@ -110,14 +111,15 @@ def test_synthetic_and_usage_errors(capsys):
     )
     assert code == 0 and "3 (red-cyan horizontal)" in out
     parser = argparse.ArgumentParser()
-    verify.add_arguments(parser)
+    verify_cli.add_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--dataset", "imagenet", "--root", "x"])
-    assert verify.main(parser.parse_args(["--dataset", "cub"])) == 2
+    assert "unknown data set 'imagenet'; valid names: aircraft, cars, cub" in capsys.readouterr().err
+    assert verify_cli.main(parser.parse_args(["--dataset", "cub"])) == 2
 
 
-def test_standalone_entry_point(tmp_path, capsys):
+def test_racnn_data_verify_command(tmp_path, capsys):
     root = make_folder(tmp_path)
-    assert verify.cli(["--dataset", "folder", "--root", str(root), "--quick"]) == 0
+    assert main(["data", "verify", "--dataset", "folder", "--root", str(root), "--quick", "-j", "2"]) == 0
     assert "Result: OK" in capsys.readouterr().out
-    assert verify.cli(["--dataset", "folder", "--root", str(Path(tmp_path) / "absent")]) == 1
+    assert main(["data", "verify", "--dataset", "folder", "--root", str(Path(tmp_path) / "absent")]) == 1

@@ -12,6 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "racnn"
 COMMANDS = {
     "racnn.cli",
     "racnn.cli_errors",
+    "racnn.cli_flags",
+    "racnn.export_cli",
+    "racnn.verify_cli",
     "racnn.train",
     "racnn.evaluate",
     "racnn.predict",

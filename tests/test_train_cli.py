@@ -45,8 +45,8 @@ def _train(tmp_path: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("train", ["--config", "--set", "--resume", "--output-dir", "--baseline"]),
-        ("eval", ["--checkpoint", "--set", "--split", "--out", "--head"]),
+        ("train", ["--config", "--set", "--resume", "--output-dir", "--baseline", "--print-config", "--device"]),
+        ("eval", ["--checkpoint", "--set", "--split", "--out", "--head", "--device", "--batch-size", "--workers"]),
     ],
 )
 def test_help_explains_every_option(command, options, capsys):
@@ -99,8 +99,11 @@ def test_user_mistakes_exit_2_with_one_message(args, message, capsys, tmp_path):
 def test_train_then_eval_prints_every_scale_and_writes_the_confusion_matrix(tmp_path, capsys):
     assert main(_train(tmp_path)) == 0
     checkpoint = tmp_path / "synthetic_tiny" / "best.pt"
-    capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "ev"), "--head", "s2"]) == 0
+    err = capsys.readouterr().err  # the run's log: one line per epoch, with where the whole run stands
+    assert "[warmup e1]" in err and "| epoch 1/5 of the run, ~" in err and " left\n" in err
+    assert "[fusion e1]" in err and "| epoch 5/5 of the run, testing next" in err
+    args = ["--out", str(tmp_path / "ev"), "--head", "s2", "--device", "cpu", "-b", "4", "-j", "0"]
+    assert main(["eval", "--checkpoint", str(checkpoint), *args]) == 0
     out = capsys.readouterr().out
     for row in ("scale 1", "scale 2", "scale 3", "1+2 ", "1+2+3", "mean prob.", "box s2", "box s3", "15 images"):
         assert row in out, row

@@ -5,23 +5,46 @@ Example:
     >>> predictor = racnn.load("runs/demo/best.pt")  # doctest: +SKIP
     >>> prediction = predictor.predict("bird.jpg")[0]  # doctest: +SKIP
     >>> prediction.top, prediction.boxes  # the fused answer; attention boxes in pixels  # doctest: +SKIP
+
+The names below are imported on first use (PEP 562), so that ``import racnn`` and ``racnn --help`` do not load
+torch; ``from racnn import RACNN`` works as usual.
 """
 
-from racnn.api import Prediction, Predictor, load
-from racnn.backbones import build_backbone, list_backbones
-from racnn.config import Config, load_config
-from racnn.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
-from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
-from racnn.model import RACNN, RACNNOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "Prediction": "racnn.api",
+    "Predictor": "racnn.api",
+    "load": "racnn.api",
+    "build_backbone": "racnn.backbones",
+    "list_backbones": "racnn.backbones",
+    "Config": "racnn.config",
+    "load_config": "racnn.config",
+    "AttentionCrop": "racnn.crop",
+    "attention_crop": "racnn.crop",
+    "boxes_to_xyxy": "racnn.crop",
+    "compose_boxes": "racnn.crop",
+    "xyxy_to_boxes": "racnn.crop",
+    "apn_pretrain_loss": "racnn.losses",
+    "apn_targets": "racnn.losses",
+    "classification_losses": "racnn.losses",
+    "ranking_losses": "racnn.losses",
+    "RACNN": "racnn.model",
+    "RACNNOutput": "racnn.model",
+}
+
 __all__ = [
-    "RACNN",
     "AttentionCrop",
     "Config",
     "Prediction",
     "Predictor",
+    "RACNN",
     "RACNNOutput",
     "apn_pretrain_loss",
     "apn_targets",
@@ -35,4 +58,25 @@ __all__ = [
     "load_config",
     "ranking_losses",
     "xyxy_to_boxes",
-]
+]  # the keys of _EXPORTS
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from racnn.api import Prediction, Predictor, load
+    from racnn.backbones import build_backbone, list_backbones
+    from racnn.config import Config, load_config
+    from racnn.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
+    from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
+    from racnn.model import RACNN, RACNNOutput
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'racnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

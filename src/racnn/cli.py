@@ -1,5 +1,9 @@
 """The ``racnn`` command: a thin dispatcher. Each subcommand lives in its own module as
-``add_arguments(parser)`` + ``main(args) -> int``; nothing runs at import time."""
+``add_arguments(parser)`` + ``main(args) -> int``; nothing runs at import time.
+
+The command modules import torch only inside ``main``, so that building this parser (``racnn --help``,
+``racnn train --help``) loads no deep-learning library (tests/test_cli.py checks it).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,19 @@ import importlib
 import os
 import sys
 
+from racnn.cli_flags import add_verbosity, configure_logging
+
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "train": ("racnn.train", "train RA-CNN from a YAML config (or resume a run)"),
     "eval": ("racnn.evaluate", "evaluate a checkpoint: per-scale and fused accuracy table"),
     "predict": ("racnn.predict", "classify images with a checkpoint; optional attention pictures"),
-    "export": ("racnn.export", "export a checkpoint to ONNX or TorchScript"),
+    "export": ("racnn.export_cli", "export a checkpoint to ONNX or TorchScript"),
     "app": ("racnn.app", "serve a checkpoint on a local web page and a JSON endpoint (needs racnn[app])"),
     "demo": ("racnn.demo", "train and evaluate on the built-in synthetic set in a few minutes (CPU)"),
 }
 DATA_COMMANDS = {
-    "verify": ("racnn.data.verify", "check a data set on disk: layout, labels, unreadable images"),
+    "verify": ("racnn.verify_cli", "check a data set on disk: layout, labels, unreadable images"),
 }
 
 
@@ -30,6 +36,7 @@ def _add_commands(subparsers, commands: dict[str, tuple[str, str]]) -> None:
             name, help=help_text, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(parser)
+        add_verbosity(parser, top_level=False)  # racnn train --quiet ... as well as racnn --quiet train ...
         parser.set_defaults(_main=module.main)
 
 
@@ -41,6 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="RA-CNN (Recurrent Attention CNN, CVPR 2017) for fine-grained recognition.",
     )
     parser.add_argument("--version", action="version", version=f"racnn {__version__}")
+    add_verbosity(parser, top_level=True)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_commands(subparsers, COMMANDS)
     data = subparsers.add_parser("data", help="data set tools (racnn data verify ...)")
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_main"):
         parser.print_help()
         return 2
+    configure_logging(args.verbosity)
     try:
         return int(args._main(args) or 0)
     except BrokenPipeError:  # the reader went away (racnn predict ... | head): stop quietly, as SIGPIPE would

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from racnn.checkpoint import CheckpointError, CheckpointWriteError
 from racnn.cli_errors import fail, fail_os
+from racnn.cli_flags import add_batch_size, add_device, add_workers
 from racnn.config import Config, ConfigError, load_config
-from racnn.model import RACNN
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
 # scales, the paper's schedule, 800 training images (with many more, scale 1 alone also learns the task). Every
@@ -48,6 +47,8 @@ def accuracy_rows(
 ) -> list[tuple[str, float, float]]:
     """Rows ``(name, top-1 %, top-5 %)``: each scale, each fusion, the mean of the scales' probabilities, then the
     single-scale baseline; heads not in ``trained`` (None: all) are left out."""
+    from racnn.model import RACNN
+
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
     heads += [(f"fused {RACNN.fusion_name(n)}", RACNN.fusion_name(n)) for n in range(2, num_scales + 1)]
     heads.append(("mean of the scales", "avg"))
@@ -64,7 +65,9 @@ def format_table(rows: list[tuple[str, float, float]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="runs", help="parent folder of the run folder (default: runs)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    add_device(parser, "auto")
+    add_batch_size(parser, "training images per step (overrides data.batch_size)", None, "the recipe's")
+    add_workers(parser, "data-loader worker processes (overrides data.num_workers)", None, "the recipe's")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, data order and images (default: 0)")
     parser.add_argument("--small", action="store_true", help="a reduced demo (fewer images, epochs): a quick look")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-scale baseline")
@@ -75,11 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from racnn.checkpoint import CheckpointError, CheckpointWriteError
+
     overrides = [
         f"train.output_dir={args.output_dir}",
         f"train.device={args.device}",
         f"train.seed={args.seed}",
         f"data.synthetic_seed={args.seed}",
+        *([f"data.batch_size={args.batch_size}"] if args.batch_size is not None else []),
+        *([f"data.num_workers={args.workers}"] if args.workers is not None else []),
+        *(["train.progress=false"] if getattr(args, "verbosity", None) == "quiet" else []),
         *args.overrides,
     ]
     try:

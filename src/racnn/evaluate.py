@@ -7,7 +7,7 @@ confusion.csv, confusion.png and per_class.csv to --out. Every image of the spli
 
 examples:
   racnn eval --checkpoint runs/racnn/best.pt
-  racnn eval --checkpoint best.pt --set data.root=/data/CUB_200_2011 --set train.device=cpu --out eval_cub
+  racnn eval --checkpoint best.pt --set data.root=/data/CUB_200_2011 --device cpu -b 32 -j 4 --out eval_cub
 
 exit codes: 0 done, 2 bad input (checkpoint, data path, config key).
 """
@@ -19,11 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from racnn.checkpoint import CheckpointError
 from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
+from racnn.cli_flags import add_batch_size, add_device, add_workers
 from racnn.config import ConfigError
-from racnn.heads import answer_head
-from racnn.model import RACNN
 from racnn.safety import printable
 
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
@@ -53,10 +51,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "..., 1+2, avg (default: the one train.best_metric names; the mean of the scales, avg, where that head was "
         "never trained)",
     )  # fmt: skip
+    add_device(parser, None, "the checkpoint's train.device")
+    add_batch_size(parser, "images per forward pass (overrides data.eval_batch_size)", None, "the checkpoint's")
+    add_workers(parser, "data-loader worker processes (overrides data.num_workers)", None, "the checkpoint's")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides the shared flags stand for, placed before ``--set`` so that ``--set`` wins."""
+    overrides = []
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    if args.batch_size is not None:
+        overrides.append(f"data.eval_batch_size={args.batch_size}")
+    if args.workers is not None:
+        overrides.append(f"data.num_workers={args.workers}")
+    return overrides
 
 
 def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | None = None) -> str:
     """The per-scale table ``racnn eval`` prints (percentages); heads not in ``trained`` (None: all) are marked."""
+    from racnn.model import RACNN
+
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
     heads += [(key, key) for key in (RACNN.fusion_name(n) for n in range(2, num_scales + 1))]
     heads.append(("mean prob.", "avg"))
@@ -80,10 +95,16 @@ def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | 
     return "\n".join(lines)
 
 
+def show_progress(wanted: bool, args: argparse.Namespace) -> bool:
+    """A progress bar on stderr: when the config wants one, ``--quiet`` is not given and stderr is a terminal."""
+    return wanted and getattr(args, "verbosity", None) != "quiet" and sys.stderr.isatty()
+
+
 def main(args: argparse.Namespace) -> int:
-    from racnn.checkpoint import load_model
+    from racnn.checkpoint import CheckpointError, load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
+    from racnn.heads import answer_head
     from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
 
     try:
@@ -91,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
         out = fresh_folder(out, EVAL_FILES, explicit=args.out is not None, what="--out")
         device_model, stored_cfg, class_names = load_model(args.checkpoint)
-        cfg = apply_overrides(stored_cfg, args.overrides)
+        cfg = apply_overrides(stored_cfg, flag_overrides(args) + args.overrides)
         device = resolve_device(cfg.train.device)
         model = device_model.to(device)
         if cfg.train.channels_last:
@@ -107,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         metrics = evaluate(
             model, loader, device=device, margin=cfg.train.margin, amp=cfg.train.amp,
             channels_last=cfg.train.channels_last, object_boxes=object_boxes, class_names=class_names,
-            confusion_head=head, out_dir=out, progress=cfg.train.progress and sys.stderr.isatty(),
+            confusion_head=head, out_dir=out, progress=show_progress(cfg.train.progress, args),
         )  # fmt: skip
     except (ConfigError, CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         return fail("racnn eval: ", e)

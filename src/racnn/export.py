@@ -1,4 +1,5 @@
-"""Export a checkpoint to ONNX or TorchScript, then check the export against the PyTorch model.
+"""Export a model to ONNX or TorchScript, and check an export against the PyTorch model (``racnn export`` is
+:mod:`racnn.export_cli`).
 
 The exported graph takes one input and gives three outputs (B is dynamic, S scales, K classes):
 
@@ -7,22 +8,15 @@ The exported graph takes one input and gives three outputs (B is dynamic, S scal
   logits  (S, B, K)     each scale's own classifier logits, scale 1 first
   boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates
 
-A JSON sidecar <out>.json holds the class names, input size, mean/std and the output names. After writing,
-the export runs on a random batch of a different size than the one traced and is compared with the PyTorch
-model: the maximum absolute difference is printed and the command fails (exit 1) above --tolerance.
-
-Example:
-  racnn export --checkpoint runs/cub/best.pt --format onnx --out racnn.onnx
+A JSON sidecar <out>.json (:func:`write_sidecar`) holds the class names, input size, mean/std and the output
+names. :func:`verify_onnx` / :func:`verify_torchscript` run the export on a random batch and give the maximum
+absolute difference from the PyTorch model.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import os
-import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,11 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from racnn.checkpoint import CheckpointError
-from racnn.cli_errors import OutputError, fail, writable_folder
-from racnn.config import ConfigError
 from racnn.model import RACNN
-from racnn.safety import describe_os_error, printable, same_file
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -53,9 +43,7 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("probs", "logits", "boxes")
 # The attention crop's grid sampling (GridSample) needs opset 16; 20 also has AffineGrid. Checked with torch 2.14's
 # TorchScript-based exporter and onnxruntime 1.32.
-DEFAULT_OPSET = 20
-MIN_OPSET = 16  # GridSample
-TOLERANCE = 1e-4
+DEFAULT_OPSET = 20  # racnn export's --opset help says it too
 
 
 class ExportWrapper(nn.Module):
@@ -280,141 +268,3 @@ def write_sidecar(
     sidecar = Path(str(path) + ".json")
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return sidecar
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="export format")
-    parser.add_argument("--out", required=True, metavar="PATH", help="file to write (sidecar: PATH.json)")
-    parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, metavar="N", help=f"ONNX opset (default {DEFAULT_OPSET})"
-    )
-    parser.add_argument(
-        "--batch", type=int, default=2, metavar="N", help="batch size of the traced example (default 2)"
-    )
-    parser.add_argument(
-        "--tolerance", type=float, default=TOLERANCE, help=f"parity check's max abs difference (default {TOLERANCE})"
-    )
-
-
-def _max_opset() -> int:
-    """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.14)."""
-    from torch.onnx import _constants
-
-    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", DEFAULT_OPSET))
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse, before the model is loaded, what would fail after a slow export or replace a file it should not."""
-    if args.batch < 1 or args.batch > 1024:
-        raise ConfigError(f"--batch must be between 1 and 1024, got {args.batch}")
-    if args.tolerance != args.tolerance:  # NaN: every comparison would fail
-        raise ConfigError("--tolerance must be a number, got nan")
-    if args.format == "onnx" and not MIN_OPSET <= args.opset <= _max_opset():
-        raise ConfigError(
-            f"--opset {args.opset}: the attention crop's grid_sample needs opset {MIN_OPSET} or newer, and this torch "
-            f"exports up to {_max_opset()}; use --opset {DEFAULT_OPSET}"
-        )
-    check_out(Path(args.out), Path(args.checkpoint), args.format)
-
-
-def check_out(out: Path, checkpoint: Path, fmt: str) -> None:
-    """``out`` and its sidecar ``out.json`` may be written: never the checkpoint itself (through any link or
-    spelling), never a folder, and an existing file only when it is an earlier racnn export of the same format,
-    which its sidecar says."""
-    sidecar = Path(f"{out}.json")
-    for path in (out, sidecar):
-        if same_file(path, checkpoint):
-            raise OutputError(f"--out {out}: {path} is the checkpoint being exported; choose another path")
-        if path.is_dir():
-            raise OutputError(f"--out {out}: {path} is a folder; give a file name such as {path / 'racnn.onnx'}")
-    writable_folder(out.parent, "--out")
-    if (out.exists() or sidecar.exists()) and not _earlier_export(sidecar, fmt):
-        existing = out if out.exists() else sidecar
-        raise OutputError(
-            f"--out {out}: {existing} exists and {sidecar.name} does not mark it as an earlier racnn {fmt} export; "
-            "racnn export does not replace it: choose another path"
-        )
-
-
-def _earlier_export(sidecar: Path, fmt: str) -> bool:
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == fmt and meta.get("output_names") == list(OUTPUT_NAMES)
-
-
-def _export_beside(out: Path, write) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``out``, then rename it over ``out``: a failed export keeps
-    the earlier one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        write(Path(name))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(name, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's private 0600
-        os.replace(name, out)
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
-def main(args: argparse.Namespace) -> int:
-    from racnn.api import model_normalization
-    from racnn.checkpoint import load_model
-
-    try:
-        check_arguments(args)
-        model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
-    except (CheckpointError, ConfigError) as e:
-        return fail("", e)
-    try:
-        return _export(args, model, cfg, class_names, model_normalization(model))
-    except OSError as e:  # the export could not be written (no permission, disk full); an earlier one is kept
-        if isinstance(e, BrokenPipeError):
-            raise
-        return fail("", describe_os_error(e, target=args.out), code=1)
-
-
-def _export(args: argparse.Namespace, model: nn.Module, cfg, class_names: list[str], normalization) -> int:
-    size = cfg.model.input_size
-    out = Path(args.out)
-    if args.format == "onnx":
-        try:
-            import onnxruntime  # noqa: F401  (checked before the slow export)
-        except ImportError:
-            print(
-                "error: ONNX export needs onnxruntime to check the result: pip install racnn[export]", file=sys.stderr
-            )
-            return 2
-        _export_beside(out, lambda tmp: export_onnx(model, tmp, size, batch_size=args.batch, opset=args.opset))
-        diff = verify_onnx(model, out, size, batch_size=args.batch + 1)
-        extra = {"opset": args.opset}
-    else:
-        _export_beside(out, lambda tmp: export_torchscript(model, tmp, size, batch_size=args.batch))
-        diff = verify_torchscript(model, out, size, batch_size=args.batch + 1)
-        extra = {}
-    mean, std = normalization
-    sidecar = write_sidecar(
-        out,
-        format=args.format,
-        class_names=class_names,
-        input_size=size,
-        mean=mean,
-        std=std,
-        num_scales=cfg.model.num_scales,
-        extra={**extra, "resize_ratio": cfg.data.resize_ratio, "backbone": cfg.model.backbone},
-    )
-    ok = diff <= args.tolerance
-    print(printable(f"wrote {out} and {sidecar}"))
-    print(
-        f"parity with PyTorch (batch {args.batch + 1}, traced with {args.batch}): max abs difference {diff:.3g} "
-        f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})"
-    )
-    return 0 if ok else 1

@@ -11,19 +11,24 @@ checkpoint that cannot be loaded).
 
 Example:
   racnn predict --checkpoint runs/cub/best.pt photos/ --topk 3 --save-viz viz/
+  racnn predict --checkpoint runs/cub/best.pt photos/ --json --device cpu -b 32 -j 4 > answers.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from racnn.checkpoint import CheckpointError
 from racnn.cli_errors import OutputError, fail, fail_os, writable_folder
+from racnn.cli_flags import add_batch_size, add_device, add_workers
 from racnn.config import ConfigError, resolve_device
 from racnn.safety import free_path, printable
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_NAME_WIDTH = 24  # class names longer than this are cut in the table
@@ -37,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per image and line")
     parser.add_argument("--save-viz", metavar="DIR", help="write an attention picture (PNG) per image into DIR")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    add_device(parser, "auto")
+    add_batch_size(parser, "images per forward pass", 16)
+    add_workers(parser, "threads that read and decode the images (0: the main thread)", 0)
     parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     parser.add_argument(
         "--viz-max-side",
@@ -136,6 +142,7 @@ class _Table:
 
 def main(args: argparse.Namespace) -> int:
     from racnn.api import load
+    from racnn.checkpoint import CheckpointError
 
     if args.topk < 1 or args.batch_size < 1:
         print("error: --topk and --batch-size must be at least 1", file=sys.stderr)
@@ -184,45 +191,53 @@ def _predict(args: argparse.Namespace, predictor, viz_dir: Path | None) -> int:
         if args.json:
             print(json.dumps({"file": str(path), "error": reason}), flush=True)
 
-    # Load and classify batch_size files at a time, reporting each file in input order.
-    for start in range(0, len(entries), args.batch_size):
-        chunk = entries[start : start + args.batch_size]
-        errors = [error for _, error in chunk]
-        images = {}
-        for i, (path, error) in enumerate(chunk):
-            if error is None:
-                try:
-                    images[i] = load_image(path)
-                except ImageLoadError as e:
-                    errors[i] = e.reason
-        found = predictor.predict(list(images.values()), topk=args.topk, return_crops=viz_dir is not None)
-        predictions = dict(zip(images, found, strict=True))
-        for i, (path, _) in enumerate(chunk):
-            if errors[i] is not None:
-                report_error(path, errors[i])
-                continue
-            prediction = predictions[i]
-            prediction.source = str(path)
-            record = prediction.to_dict()
-            if viz_dir is not None:
-                picture = predictor.draw(images[i], prediction, args.viz_max_side or None)
-                viz_path = save_beside(picture, viz_dir / names[start + i], taken)
-                if viz_path.name != names[start + i]:
-                    beside.append((names[start + i], viz_path.name))
-                record["viz"] = str(viz_path)
-            if args.json:
-                print(json.dumps(record), flush=True)
-            else:
-                table.add(str(path), prediction)
+    def read(entry: tuple[Path, str | None]) -> tuple[object | None, str | None]:
+        """``(image, None)`` or ``(None, why it could not be read)``."""
+        path, error = entry
+        if error is not None:
+            return None, error
+        try:
+            return load_image(path), None
+        except ImageLoadError as e:
+            return None, e.reason
+
+    # Load and classify batch_size files at a time (reading with --workers threads), reporting in input order.
+    pool = ThreadPoolExecutor(args.workers) if args.workers > 0 else None
+    try:
+        for start in range(0, len(entries), args.batch_size):
+            chunk = entries[start : start + args.batch_size]
+            loaded = list(pool.map(read, chunk) if pool is not None else map(read, chunk))
+            images = {i: image for i, (image, _) in enumerate(loaded) if image is not None}
+            found = predictor.predict(list(images.values()), topk=args.topk, return_crops=viz_dir is not None)
+            predictions = dict(zip(images, found, strict=True))
+            for i, (path, _) in enumerate(chunk):
+                if loaded[i][1] is not None:
+                    report_error(path, loaded[i][1])
+                    continue
+                prediction = predictions[i]
+                prediction.source = str(path)
+                record = prediction.to_dict()
+                if viz_dir is not None:
+                    picture = predictor.draw(images[i], prediction, args.viz_max_side or None)
+                    viz_path = save_beside(picture, viz_dir / names[start + i], taken)
+                    if viz_path.name != names[start + i]:
+                        beside.append((names[start + i], viz_path.name))
+                    record["viz"] = str(viz_path)
+                if args.json:
+                    print(json.dumps(record), flush=True)
+                else:
+                    table.add(str(path), prediction)
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
     if beside:
         shown = ", ".join(f"{a} -> {b}" for a, b in beside[:3]) + (", ..." if len(beside) > 3 else "")
-        print(
+        log.warning(
             printable(
                 f"note: {len(beside)} attention picture(s) written beside files already in {viz_dir} ({shown}); "
                 "nothing was replaced"
-            ),
-            file=sys.stderr,
+            )
         )
     if failed:
         print(f"{failed} of {len(entries)} input(s) failed", file=sys.stderr)

@@ -22,11 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from racnn.checkpoint import CheckpointError, CheckpointWriteError, config_of, load_checkpoint
 from racnn.cli_errors import check_classes, fail, fail_os, refuse_resume_overrides
-from racnn.config import Config, ConfigError, apply_overrides, load_config
-
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
+from racnn.cli_flags import add_batch_size, add_device, add_workers
+from racnn.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,11 +51,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="train and test the single-scale baseline of the config instead (same backbone, data, seed and "
         "classification epochs) and print its top-1 / top-5 as JSON",
     )  # fmt: skip
+    parser.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config (the recipe or resumed run, then the flags and --set overrides) as YAML on "
+        "stdout and exit, without training",
+    )  # fmt: skip
+    add_device(parser, None, "the config's train.device")
+    add_batch_size(parser, "training images per step (overrides data.batch_size)", None, "the config's")
+    add_workers(parser, "data-loader worker processes (overrides data.num_workers)", None, "the config's")
+
+
+def flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides the shared flags stand for (``--device cpu`` -> ``train.device=cpu``, ...), placed
+    before ``--set`` so that an explicit ``--set`` wins."""
+    overrides = []
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    if args.batch_size is not None:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    if args.workers is not None:
+        overrides.append(f"data.num_workers={args.workers}")
+    if getattr(args, "verbosity", None) == "quiet":
+        overrides.append("train.progress=false")
+    return overrides
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """The config of ``racnn train``: the file, or the resumed run's stored config, then ``--set`` overrides."""
-    overrides = list(args.overrides)
+    """The config of ``racnn train``: the file, or the resumed run's stored config, then the flags' and the
+    ``--set`` overrides."""
+    from racnn.checkpoint import config_of, load_checkpoint
+
+    overrides = flag_overrides(args) + list(args.overrides)
     if args.resume:
         if args.config or args.output_dir:
             raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
@@ -70,7 +94,7 @@ def build_config(args: argparse.Namespace) -> Config:
     if not args.config:
         raise ConfigError("give a config file (--config FILE) or a run to resume (--resume RUN_DIR)")
     if args.output_dir:
-        overrides.append(f"train.output_dir={args.output_dir}")
+        overrides.insert(0, f"train.output_dir={args.output_dir}")
     return load_config(args.config, overrides)
 
 
@@ -84,7 +108,24 @@ def check_resumed_classes(path: Path, class_names: list[str] | None, cfg: Config
     check_classes(path, list(class_names), build_split(cfg, "test", [0.5] * 3, [0.5] * 3), cfg.data)
 
 
+def print_config(cfg: Config) -> None:
+    """``--print-config``: the config a run would use, as the run folder's config.yaml would hold it."""
+    import yaml
+
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+
+
 def main(args: argparse.Namespace) -> int:
+    from racnn.checkpoint import CheckpointError, CheckpointWriteError
+
+    user_errors = (ConfigError, CheckpointError, FileNotFoundError)
+    if args.print_config:
+        try:
+            print_config(build_config(args))
+        except user_errors as e:
+            return fail("racnn train: ", e)
+        return 0
+
     from racnn.data import DatasetError
     from racnn.training import NonFiniteLossError, fit, train_baseline
 
@@ -96,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
             fit(cfg, resume=args.resume)
     except CheckpointWriteError as e:  # disk full, no permission: the run failed, the input was fine
         return fail("racnn train: ", e, code=1)
-    except (*USER_ERRORS, DatasetError) as e:
+    except (*user_errors, DatasetError) as e:
         return fail("racnn train: ", e)
     except NonFiniteLossError as e:
         print(f"racnn train: training stopped: {e}", file=sys.stderr)

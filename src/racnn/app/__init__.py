@@ -19,7 +19,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from racnn.checkpoint import CheckpointError
+from racnn.cli_flags import add_batch_size, add_device
 from racnn.config import ConfigError, resolve_device
 
 MISSING_EXTRA = "error: racnn app needs the web server of the app extra (starlette, uvicorn): pip install 'racnn[app]'"
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_device(parser, "auto")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes reported per scale (default 5)")
     parser.add_argument("--max-mb", type=float, default=20.0, help="upload limit per request, MB (default 20)")
     parser.add_argument("--max-files", type=int, default=8, metavar="N", help="files per request (default 8)")
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue", type=int, default=32, metavar="N", help="requests in progress at once; more get 503 (default 32)"
     )
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    add_batch_size(parser, "images per forward pass", 16)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from racnn.api import load
     from racnn.app.server import Limits, bind, create_app, serve
+    from racnn.checkpoint import CheckpointError
 
     positive = {"--topk": args.topk, "--max-mb": args.max_mb, "--max-files": args.max_files}
     positive |= {"--max-megapixels": args.max_megapixels, "--queue": args.queue, "--batch-size": args.batch_size}

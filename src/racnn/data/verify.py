@@ -1,14 +1,10 @@
-"""``racnn data verify``: check a data set's layout, annotations and every image, and print a table.
-
-Usable from Python (:func:`verify_dataset`), from the CLI (``add_arguments`` / ``main``, wired as
-``racnn data verify``), or standalone: ``python -m racnn.data.verify --dataset cub --root PATH``.
+"""Check a data set's layout, annotations and every image (:func:`verify_dataset`), and lay the findings out as a
+table (:meth:`VerifyReport.format`). The command ``racnn data verify`` is :mod:`racnn.verify_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +19,7 @@ from .base import DataProblemsWarning
 from .io import DatasetError, DatasetIntegrityError, DatasetLayoutError, check_image_file
 from .registry import DATASETS, build_dataset, dataset_names
 
-__all__ = ["SplitStats", "VerifyReport", "add_arguments", "main", "verify_dataset"]
+__all__ = ["SplitStats", "VerifyReport", "verify_dataset"]
 
 
 @dataclass
@@ -184,74 +180,3 @@ def verify_dataset(
                     num_bad += 1
         report.splits[split] = _split_stats(split, list(dataset.targets), list(dataset.classes), num_bad)
     return report
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    lowered = value.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``racnn data verify``'s arguments to ``parser``."""
-    parser.add_argument("--dataset", required=True, choices=dataset_names(), help="data set name")
-    parser.add_argument("--root", default=None, help="the data set's root folder")
-    parser.add_argument(
-        "--split",
-        action="append",
-        choices=("train", "val", "test"),
-        help="split to check (repeatable); default: every split of the layout",
-    )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--full",
-        dest="full",
-        action="store_true",
-        default=True,
-        help="open every image with PIL verify and decode it fully (the default)",
-    )
-    mode.add_argument(
-        "--quick", dest="full", action="store_false", help="only read image headers and end markers (faster)"
-    )
-    parser.add_argument("--workers", type=int, default=4, help="threads used to check images")
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        type=_parse_option,
-        metavar="KEY=VALUE",
-        help="data set option, e.g. annotation_level=family (repeatable)",
-    )
-    return parser
-
-
-def main(args: argparse.Namespace) -> int:
-    """Runs the check and prints the report; returns 0 when the data set is fine, 1 otherwise."""
-    if args.dataset != "synthetic" and not args.root:
-        print(f"error: --root is required for data set {args.dataset!r}", file=sys.stderr)
-        return 2
-    report = verify_dataset(
-        args.dataset, args.root, splits=args.split, full=args.full, workers=args.workers, **dict(args.option)
-    )
-    print(report.format())
-    return 0 if report.ok else 1
-
-
-def cli(argv: list[str] | None = None) -> int:
-    """Standalone entry point: ``python -m racnn.data.verify ...``."""
-    parser = argparse.ArgumentParser(prog="racnn data verify", description="Check a data set and its images.")
-    add_arguments(parser)
-    return main(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -12,8 +12,10 @@ May import: everything below it in ``racnn.training`` and the core modules (``ra
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,20 +48,30 @@ from racnn.training.loop import StepContext
 from racnn.training.precision import warn_slow_bf16
 from racnn.training.run_files import (
     epoch_line,
+    eta_text,
     load_resume,
-    log,
     new_run_dir,
     phase_checkpoint,
     phase_label,
     rng_state,
     save_safetensors,
+    seconds_left,
     seed_everything,
     set_rng_state,
     tensorboard_writer,
     write_csv,
 )
-from racnn.training.schedule import build_optimizer, build_scheduler, expand_schedule, prepare_phase, steps_per_epoch
+from racnn.training.schedule import (
+    build_optimizer,
+    build_scheduler,
+    expand_schedule,
+    prepare_phase,
+    run_position,
+    steps_per_epoch,
+)
 from racnn.training.steps import EPOCH_FUNCTIONS
+
+log = logging.getLogger(__name__)  # shown by the racnn command; a program using fit() decides for itself
 
 
 @dataclass
@@ -180,7 +192,11 @@ class _Run:
 
     def train(self) -> TrainResult:
         if self.main:
-            log(f"run folder: {self.run_dir}  ({len(self.schedule)} phases, device {self.device})")
+            log.info(f"run folder: {self.run_dir}  ({len(self.schedule)} phases, device {self.device})")
+        batches, steps = steps_per_epoch(self.train_loader, self.cfg.train)
+        phases = " -> ".join(kind for kind, _, _ in self.schedule)
+        log.debug(f"{batches} batches and {steps} optimiser steps per epoch; phases: {phases}")
+        self.pace = (time.perf_counter(), 0)  # (when this process started training, optimiser steps run since)
         try:
             for index in range(self.state["phase_index"], len(self.schedule)):
                 self._run_phase(index)
@@ -188,7 +204,7 @@ class _Run:
             self._finish()
         except KeyboardInterrupt:
             if self.main:
-                log(self._interrupted_message())
+                log.warning(self._interrupted_message())
             raise
         finally:
             if self.writer is not None:
@@ -264,12 +280,21 @@ class _Run:
             row.update(self._validate())
         self.history.append(row)
         if self.main:
-            log(epoch_line(row))
+            log.info(f"{epoch_line(row)} | {self._eta(index, epoch + 1, int(stats['steps']))}")
             self._write_logs(row)
         if last:  # a resume continues with the next phase and its fresh optimiser
             self.state.update(phase_index=index + 1, epoch=0)
             optimizer = scheduler = None
         self._save(optimizer, scheduler, row)
+
+    def _eta(self, index: int, epochs_done_in_phase: int, steps: int) -> str:
+        """Where the run stands and its time left, at the pace of the steps this process has run."""
+        started, steps_run = self.pace
+        self.pace = (started, steps_run + steps)
+        done, total = run_position(self.schedule, index, epochs_done_in_phase)
+        _, per_epoch = steps_per_epoch(self.train_loader, self.cfg.train)
+        left = seconds_left(time.perf_counter() - started, steps_run + steps, (total - done) * per_epoch)
+        return eta_text(done, total, left)
 
     def _mark_trained(self, kind: str) -> None:
         trained = self.state["trained"]
@@ -395,8 +420,8 @@ class _Run:
             if self.best_model is not None
             else "the last model (no val split to choose on)"
         )
-        log(f"test top-1 ({how}): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in top.items()))
-        log(f"done: {self.run_dir}")
+        log.info(f"test top-1 ({how}): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in top.items()))
+        log.info(f"done: {self.run_dir}")
 
     def _chosen_trained(self) -> list[str]:
         """The heads trained in the model that is tested and shipped (the one chosen on val, else the last)."""

@@ -1,9 +1,9 @@
-"""The files of a training run and the lines it prints.
+"""The files of a training run and the lines it logs.
 
 Owns: the run folder (``output_dir/name``, never an existing one), a branch off another run's phase checkpoint
 (:func:`branch_run`), reading a resume checkpoint, the random
-states saved in it, ``metrics.csv``, the TensorBoard writer, ``model.safetensors``, the epoch line and the
-phase label of progress messages.
+states saved in it, ``metrics.csv``, the TensorBoard writer, ``model.safetensors``, the epoch line, the run's
+time left (:func:`eta_text`) and the phase label of progress messages.
 
 May import: numpy, torch, safetensors, ``racnn.checkpoint``, ``racnn.config`` and ``racnn.distributed``.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,29 @@ def phase_label(index: int, count: int, kind: str, round_index: int) -> str:
     return f"phase {index + 1}/{count} '{kind}'" + (f" (round {round_index})" if kind in ("cls", "apn") else "")
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def seconds_left(elapsed: float, steps_done: int, steps_to_go: int) -> float | None:
+    """The run's time left at its pace so far: ``elapsed`` seconds (training, validation, checkpoints) over
+    ``steps_done`` optimiser steps, times the ``steps_to_go`` left in the schedule; None before the first step."""
+    if steps_done <= 0:
+        return None
+    return elapsed / steps_done * max(steps_to_go, 0)
+
+
+def format_duration(seconds: float) -> str:
+    """``"~40 s"``, ``"~12 min"``, ``"~2.5 h"``: a rounded estimate, as long as it is worth reading."""
+    if seconds < 90:
+        return f"~{round(seconds)} s"
+    if seconds < 90 * 60:
+        return f"~{round(seconds / 60)} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def eta_text(epochs_done: int, epochs_total: int, seconds: float | None) -> str:
+    """``"epoch 3/12 of the run, ~4 min left"``: where the run stands across all its phases."""
+    where = f"epoch {epochs_done}/{epochs_total} of the run"
+    if epochs_done >= epochs_total:
+        return f"{where}, testing next"
+    return where if seconds is None else f"{where}, {format_duration(seconds)} left"
 
 
 def epoch_line(row: dict[str, Any]) -> str:

@@ -35,6 +35,12 @@ def expand_schedule(train: TrainConfig) -> list[tuple[str, PhaseConfig, int]]:
     return [(kind, phase, r) for kind, phase, r in phases if phase.epochs > 0]
 
 
+def run_position(schedule: list[tuple[str, PhaseConfig, int]], phase_index: int, epoch: int) -> tuple[int, int]:
+    """``(epochs completed, epochs in the whole run)`` once ``epoch`` epochs of phase ``phase_index`` are done."""
+    done = sum(phase.epochs for _, phase, _ in schedule[:phase_index]) + epoch
+    return done, sum(phase.epochs for _, phase, _ in schedule)
+
+
 def first_phase(schedule: list[tuple[str, PhaseConfig, int]], kind: str) -> int:
     """The index in ``schedule`` (see :func:`expand_schedule`) of its first phase of ``kind``."""
     for index, (phase_kind, _, _) in enumerate(schedule):
