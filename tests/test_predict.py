@@ -41,6 +41,8 @@ def test_table_has_one_row_per_image(files, capsys):
         cells = row.split()[1:]  # name prob, four times (fused + 3 scales)
         assert len(cells) == 8 and all(name in CLASS_NAMES for name in cells[::2])
         assert all(0.0 <= float(p) <= 1.0 for p in cells[1::2])
+    # reading with threads, in batches of 2: the same rows, in the same order
+    assert run(capsys, "--checkpoint", files["checkpoint"], files["folder"], "-j", "2", "-b", "2")[:2] == (0, out)
 
 
 def test_json_lines_match_the_api(files, capsys):

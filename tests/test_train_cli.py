@@ -122,8 +122,9 @@ def test_nan_loss_stops_the_run_naming_phase_epoch_and_step(tmp_path, monkeypatc
         return {name: value * float("inf") for name, value in real(logits, target, margin, coarser_fixed).items()}
 
     monkeypatch.setattr(training_steps, "ranking_losses", poisoned)
-    assert main(_train(tmp_path)) == 1
+    assert main([*_train(tmp_path), "--verbose"]) == 1
     err = capsys.readouterr().err
+    assert "optimiser steps per epoch; phases: warmup -> apn_pretrain -> cls -> apn -> fusion" in err  # a debug line
     assert "training stopped: non-finite loss in phase 4/5 'apn' (round 1), epoch 1/1, step 1/" in err
 
 
@@ -139,7 +140,8 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
     run = tmp_path / "synthetic_tiny"
     assert f"racnn train --resume {run}" in capsys.readouterr().err
     monkeypatch.undo()
-    assert main(["train", "--resume", str(run)]) == 0
+    assert main(["--quiet", "train", "--resume", str(run)]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no log lines, no progress bar
 
 
 def test_baseline_prints_its_accuracy(tmp_path, capsys):

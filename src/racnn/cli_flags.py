@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-__all__ = ["add_batch_size", "add_device", "add_verbosity", "add_workers", "configure_logging", "log_level"]
+__all__ = ["DEVICES", "add_batch_size", "add_device", "add_verbosity", "add_workers", "configure_logging", "log_level"]
 
 DEVICES = "auto | cpu | cuda | cuda:N | mps"
 
@@ -38,35 +38,30 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-def add_device(parser: argparse.ArgumentParser, default: str | None, default_text: str | None = None) -> None:
-    """``--device``; ``default=None`` keeps the config's ``train.device`` (``default_text`` says which)."""
-    parser.add_argument(
-        "--device", default=default, metavar="DEVICE", help=f"{DEVICES} (default {default_text or default})"
-    )
+def _help(what: str, default: object) -> str:
+    return what if default is None else f"{what} (default {default})"
+
+
+def add_device(parser: argparse.ArgumentParser, default: str | None, what: str = DEVICES) -> None:
+    """``--device``; ``default=None`` keeps the config's ``train.device`` (``what`` says so)."""
+    parser.add_argument("--device", default=default, metavar="DEVICE", help=_help(what, default))
 
 
 def add_batch_size(
-    parser: argparse.ArgumentParser,
-    what: str,
-    default: int | None,
-    default_text: str | None = None,
-    aliases: tuple[str, ...] = (),
+    parser: argparse.ArgumentParser, what: str, default: int | None, aliases: tuple[str, ...] = ()
 ) -> None:
     """``-b/--batch-size`` (plus older spellings in ``aliases``); ``default=None`` keeps the config's value."""
     parser.add_argument(
         "-b", "--batch-size", *aliases, dest="batch_size", type=positive_int, default=default, metavar="N",
-        help=f"{what} (default {default_text or default})",
+        help=_help(what, default),
     )  # fmt: skip
 
 
-def add_workers(
-    parser: argparse.ArgumentParser, what: str, default: int | None, default_text: str | None = None
-) -> None:
+def add_workers(parser: argparse.ArgumentParser, what: str, default: int | None) -> None:
     """``-j/--workers``: processes or threads that read and decode images (0: the main one does)."""
     parser.add_argument(
-        "-j", "--workers", type=non_negative_int, default=default, metavar="N",
-        help=f"{what} (default {default_text or default})",
-    )  # fmt: skip
+        "-j", "--workers", type=non_negative_int, default=default, metavar="N", help=_help(what, default)
+    )
 
 
 def add_verbosity(parser: argparse.ArgumentParser, top_level: bool) -> None:

@@ -66,8 +66,8 @@ def format_table(rows: list[tuple[str, float, float]]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="runs", help="parent folder of the run folder (default: runs)")
     add_device(parser, "auto")
-    add_batch_size(parser, "training images per step (overrides data.batch_size)", None, "the recipe's")
-    add_workers(parser, "data-loader worker processes (overrides data.num_workers)", None, "the recipe's")
+    add_batch_size(parser, "training images per step: sets data.batch_size (default: the recipe's)", None)
+    add_workers(parser, "data-loader worker processes: sets data.num_workers (default: the recipe's)", None)
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, data order and images (default: 0)")
     parser.add_argument("--small", action="store_true", help="a reduced demo (fewer images, epochs): a quick look")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-scale baseline")

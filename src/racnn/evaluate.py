@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
-from racnn.cli_flags import add_batch_size, add_device, add_workers
+from racnn.cli_flags import DEVICES, add_batch_size, add_device, add_workers
 from racnn.config import ConfigError
 from racnn.safety import printable
 
@@ -51,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "..., 1+2, avg (default: the one train.best_metric names; the mean of the scales, avg, where that head was "
         "never trained)",
     )  # fmt: skip
-    add_device(parser, None, "the checkpoint's train.device")
-    add_batch_size(parser, "images per forward pass (overrides data.eval_batch_size)", None, "the checkpoint's")
-    add_workers(parser, "data-loader worker processes (overrides data.num_workers)", None, "the checkpoint's")
+    add_device(parser, None, f"{DEVICES}: sets train.device (default: the checkpoint's)")
+    add_batch_size(parser, "images per forward pass: sets data.eval_batch_size (default: the checkpoint's)", None)
+    add_workers(parser, "data-loader worker processes: sets data.num_workers (default: the checkpoint's)", None)
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-viz", metavar="DIR", help="write an attention picture (PNG) per image into DIR")
     add_device(parser, "auto")
     add_batch_size(parser, "images per forward pass", 16)
-    add_workers(parser, "threads that read and decode the images (0: the main thread)", 0)
+    add_workers(parser, "threads that read and decode the images; 0: the main thread", 0)
     parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     parser.add_argument(
         "--viz-max-side",

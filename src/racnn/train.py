@@ -9,6 +9,8 @@ examples:
   racnn train --config synthetic_tiny
   racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --set train.amp=bf16
   racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly
+  racnn train --config synthetic_tiny --device cpu -b 16 -j 0 --print-config     the resolved config, no training
+  racnn --quiet train --config FILE              warnings and errors only, no progress bars
   torchrun --nproc_per_node 2 -m racnn train --config FILE     DistributedDataParallel, one process per GPU/CPU share
 
 exit codes: 0 done, 1 training failed (e.g. a non-finite loss), 2 bad input (path, config key, data layout),
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 
 from racnn.cli_errors import check_classes, fail, fail_os, refuse_resume_overrides
-from racnn.cli_flags import add_batch_size, add_device, add_workers
+from racnn.cli_flags import DEVICES, add_batch_size, add_device, add_workers
 from racnn.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
 
 
@@ -56,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the resolved config (the recipe or resumed run, then the flags and --set overrides) as YAML on "
         "stdout and exit, without training",
     )  # fmt: skip
-    add_device(parser, None, "the config's train.device")
-    add_batch_size(parser, "training images per step (overrides data.batch_size)", None, "the config's")
-    add_workers(parser, "data-loader worker processes (overrides data.num_workers)", None, "the config's")
+    add_device(parser, None, f"{DEVICES}: sets train.device")
+    add_batch_size(parser, "training images per step: sets data.batch_size", None)
+    add_workers(parser, "data-loader worker processes: sets data.num_workers", None)
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
