@@ -119,27 +119,20 @@ def print_config(cfg: Config) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, CheckpointWriteError
-
-    user_errors = (ConfigError, CheckpointError, FileNotFoundError)
-    if args.print_config:
-        try:
-            print_config(build_config(args))
-        except user_errors as e:
-            return fail("racnn train: ", e)
-        return 0
-
     from racnn.data import DatasetError
     from racnn.training import NonFiniteLossError, fit, train_baseline
 
     try:
         cfg = build_config(args)
-        if args.baseline:
+        if args.print_config:
+            print_config(cfg)
+        elif args.baseline:
             print(json.dumps(train_baseline(cfg), indent=2))
         else:
             fit(cfg, resume=args.resume)
     except CheckpointWriteError as e:  # disk full, no permission: the run failed, the input was fine
         return fail("racnn train: ", e, code=1)
-    except (*user_errors, DatasetError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, DatasetError) as e:
         return fail("racnn train: ", e)
     except NonFiniteLossError as e:
         print(f"racnn train: training stopped: {e}", file=sys.stderr)
