@@ -74,6 +74,15 @@ def test_hf_hub_offline_is_honoured_without_asking_the_network(offline, monkeypa
     assert offline == []
 
 
+@pytest.mark.parametrize("name", ["timm:convnext_atto_rms", "timm:resnet18.no_such_tag"])
+def test_timm_models_without_weights_say_so(offline, name):
+    with pytest.raises(
+        ValueError, match=f"timm has no pre-trained weights for backbone {name}; .*model.pretrained=null"
+    ):
+        build_backbone(name, "imagenet")
+    assert offline == []
+
+
 def test_weights_in_the_torch_hub_cache_load_offline(offline, tmp_path):
     torch.manual_seed(0)
     state = torchvision.models.resnet18().state_dict()

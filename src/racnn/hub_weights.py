@@ -11,6 +11,7 @@ May import: torch, timm (and the ``huggingface_hub`` that timm installs); no oth
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 __all__ = ["MissingWeightsError", "TIMEOUT_S", "host_reachable", "timm_weights_file", "torchvision_weights_ready"]
 
 TIMEOUT_S = 1.5  # how long the network check waits for a host to answer
-HF_HOST = "huggingface.co"
+HF_HOST = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
 
 
 class MissingWeightsError(ValueError):
@@ -119,7 +120,10 @@ def timm_weights_file(name: str, backbone: str, lite: bool = False) -> dict[str,
     """
     from timm.models import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # "Invalid pretrained tag (x) for resnet18."
+        cfg = None
     hub_id, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
     if cfg is None or not (hub_id or url or getattr(cfg, "file", None)):
         raise MissingWeightsError(
@@ -135,7 +139,8 @@ def timm_weights_file(name: str, backbone: str, lite: bool = False) -> dict[str,
             return {"file": cached, "custom_load": False}
     if url and _hub_checkpoint(url).is_file():
         return {"file": str(_hub_checkpoint(url))}
-    host = HF_HOST if hub_id else (urlparse(url).hostname or HF_HOST)
+    from_hub = hub_id and importlib.util.find_spec("huggingface_hub") is not None  # timm's own preference
+    host = HF_HOST if from_hub or not url else (urlparse(url).hostname or HF_HOST)
     if not _downloadable(host):
         raise MissingWeightsError(missing_message(backbone, host, lite=lite))
     return None

@@ -151,7 +151,9 @@ class RACNN(nn.Module):
         self.mask_k = float(mask_k)
 
         first = build_backbone(backbone, pretrained, backbone_kwargs)
-        for key, size in {"model.input_size": input_size, "model.zoom_size": zoom_size}.items():
+        sizes = {input_size: "model.input_size"}
+        sizes.setdefault(zoom_size, "model.zoom_size")  # one check when both sides are equal
+        for size, key in sizes.items():
             check_input_size(first, backbone, size, key)
         self.mean, self.std = first.mean, first.std
         channels = first.out_channels
