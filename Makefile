@@ -12,7 +12,7 @@ $(BIN)/racnn: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[lite,export,app,dev]"
+	$(BIN)/pip install -q -e ".[lite,export,app,mat,dev]"
 	touch $(BIN)/racnn
 
 setup: $(BIN)/racnn

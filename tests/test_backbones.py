@@ -11,6 +11,7 @@ import torchvision
 from racnn.backbones import (
     Backbone,
     build_backbone,
+    check_input_size,
     list_backbones,
     lite_package_state_dict,
     load_state_dict_by_order,
@@ -206,3 +207,53 @@ def test_lite0_imagenet_head_sees_birds():
     for (name, imagenet_class), row in zip(species.items(), top5.tolist(), strict=True):
         assert IMAGENET_BIRDS & set(row), f"{name}: no bird in the top-5 {row}"
         assert row[0] == imagenet_class, f"{name}: top-1 {row[0]}, expected {imagenet_class}"
+
+
+def test_list_backbones_names_timm_models_on_request():
+    registered = list_backbones()
+    listed = list_backbones("vit_tiny_patch16_2*")
+    assert listed[: len(registered)] == registered and "timm:vit_tiny_patch16_224" in listed
+    assert all(name.startswith("timm:") for name in listed[len(registered) :])
+    assert isinstance(build_backbone(listed[-1]), Backbone)  # what it lists, build_backbone builds
+
+
+def test_backbone_kwargs_reach_timm_and_are_refused_elsewhere():
+    backbone = build_backbone("timm:vit_tiny_patch16_224", kwargs={"img_size": 64})
+    with torch.no_grad():
+        assert backbone(torch.zeros(1, 3, 64, 64)).shape == (1, 192, 4, 4)  # stride 16
+    with pytest.raises(ValueError, match="backbone_kwargs .* apply to timm:<model name> backbones only; backbone tiny"):
+        build_backbone("tiny", kwargs={"img_size": 64})
+    with pytest.raises(ValueError, match="timm model resnet18 does not take model.backbone_kwargs"):
+        build_backbone("timm:resnet18", kwargs={"img_size": 64})
+
+
+def test_input_size_is_checked_on_the_meta_device():
+    vit = build_backbone("timm:vit_tiny_patch16_224")
+    check_input_size(vit, "timm:vit_tiny_patch16_224", 224)
+    with pytest.raises(ValueError) as info:
+        check_input_size(vit, "timm:vit_tiny_patch16_224", 448, "model.input_size")
+    message = str(info.value)
+    assert message.startswith("backbone timm:vit_tiny_patch16_224 cannot take model.input_size=448 (")
+    assert "model.backbone_kwargs={img_size: 448}" in message and "dynamic_img_size: true" in message
+    dynamic = build_backbone("timm:vit_tiny_patch16_224", kwargs={"dynamic_img_size": True})
+    for size in (448, 96):
+        check_input_size(dynamic, "timm:vit_tiny_patch16_224", size)
+    tiny = build_backbone("tiny")  # in training mode: a real forward would move its batch-norm statistics
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    check_input_size(tiny, "tiny", 64)
+    after = tiny.state_dict()  # the check leaves the weights and buffers where they were
+    assert all(v.device.type == "cpu" and torch.equal(v, before[k]) for k, v in after.items())
+    with pytest.raises(ValueError, match="backbone vgg16 cannot take model.zoom_size=8 .*; choose another model.zoom"):
+        with torch.device("meta"):  # built without memory or initialisation: the check needs only the shapes
+            vgg = build_backbone("vgg16")
+        check_input_size(vgg, "vgg16", 8, "model.zoom_size")  # four max-pools: 8 px -> 0
+
+
+def test_channels_last_timm_maps_are_permuted():
+    # timm's MambaOut (like Swin) gives (B, h, w, C) maps from features_only.
+    backbone = build_backbone("timm:mambaout_femto")
+    assert backbone.channels_last_output
+    check_input_size(backbone, "timm:mambaout_femto", 64)
+    with torch.no_grad():
+        out = backbone.eval()(torch.randn(1, 3, 64, 96))
+    assert out.shape == (1, backbone.out_channels, 2, 3)

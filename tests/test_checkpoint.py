@@ -202,3 +202,38 @@ def test_fusion_phase_starts_from_the_summed_classifiers(tmp_path, init):
         assert ratio > 0 or init == "random"
     bias_sum = sum(weights[f"classifiers.{s}.bias"] for s in range(3))
     assert torch.allclose(weights["fusion.1+2+3.bias"], bias_sum) == (init == "classifiers")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoints_and_weights_are_written_with_the_umask(tmp_path, umask, mode):
+    from racnn.config import Config
+    from racnn.model import RACNN
+    from racnn.training.run_files import save_safetensors
+
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "best.pt", {"config": {}, "model": {"w": torch.ones(2)}})
+        model = RACNN("tiny", 2, 2, input_size=32, zoom_size=32, apn_pool=2, apn_hidden=4)
+        save_safetensors(model, Config(), ["a", "b"], tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    for name in ("best.pt", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_backbone_kwargs_are_stored_and_rebuild_the_model(tmp_path):
+    from racnn.config import Config, config_to_dict
+    from racnn.model import RACNN
+
+    cfg = Config()
+    cfg.model.backbone, cfg.model.backbone_kwargs = "timm:vit_tiny_patch16_224", {"img_size": 64}
+    cfg.model.num_classes, cfg.model.num_scales, cfg.model.input_size, cfg.model.zoom_size = 3, 2, 64, 64
+    cfg.model.apn_pool, cfg.model.apn_hidden = 2, 8
+    torch.manual_seed(0)
+    model = RACNN.from_config(cfg.model)
+    save_checkpoint(tmp_path / "m.pt", {"config": config_to_dict(cfg), "model": model.state_dict()})
+    loaded, loaded_cfg, _ = load_model(tmp_path / "m.pt")
+    assert loaded_cfg.model.backbone_kwargs == {"img_size": 64}
+    pos_embed = "backbones.0.body.model.pos_embed"
+    assert loaded.state_dict()[pos_embed].shape == (1, 17, 192)  # 4 x 4 patches + the class token, not 14 x 14
+    assert torch.equal(loaded.state_dict()[pos_embed], model.state_dict()[pos_embed])

@@ -105,3 +105,16 @@ def test_resolved_config_in_run_folder_and_checkpoint(tmp_path):
     assert saved == stored
     assert saved["model"]["num_classes"] == 3  # 0 in the file: resolved from the data set
     assert saved["data"]["synthetic_train"] == 16 and saved["train"]["output_dir"] == str(tmp_path)
+
+
+def test_backbone_kwargs_from_yaml_and_overrides():
+    assert Config().model.backbone_kwargs == {}
+    cfg = load_config(None, ["model.backbone=timm:vit_tiny_patch16_224", "model.backbone_kwargs={img_size: 448}"])
+    assert cfg.model.backbone_kwargs == {"img_size": 448}
+    cfg = load_config(None, ["model.backbone_kwargs.dynamic_img_size=true", "model.backbone_kwargs.img_size=64"])
+    assert cfg.model.backbone_kwargs == {"dynamic_img_size": True, "img_size": 64}
+    assert config_from_dict(config_to_dict(cfg)).model.backbone_kwargs == cfg.model.backbone_kwargs
+    with pytest.raises(ConfigError, match="model.backbone_kwargs.img_size must be a number, a string"):
+        load_config(None, ["model.backbone_kwargs={img_size: {a: 1}}"])
+    with pytest.raises(ConfigError, match="'model.backbone_kwargs' expects a mapping"):
+        load_config(None, ["model.backbone_kwargs=448"])

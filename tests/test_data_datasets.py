@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torchvision.datasets import Flowers102 as TorchvisionFlowers
@@ -25,6 +27,7 @@ from racnn.data import (
     DATASETS,
     DatasetIntegrityError,
     DatasetLayoutError,
+    MissingExtraError,
     build_dataset,
     dataset_names,
 )
@@ -229,3 +232,13 @@ def test_real_cub50_loads():
     assert not set(train.paths) & set(test.paths)
     image, label = test[len(test) - 1]
     assert image.shape == (3, 227, 227) and label == 49
+
+
+@pytest.mark.parametrize("name, make", [("flowers", make_flowers), ("dogs", make_dogs), ("cars", make_cars)])
+def test_mat_layouts_without_scipy_name_the_extra(tmp_path, monkeypatch, name, make):
+    made = make(tmp_path / name)
+    root = made[0] if isinstance(made, tuple) else made
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.io` raises ImportError
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(MissingExtraError, match=rf'the {name} layout reads MATLAB .* pip install "racnn\[mat\]"'):
+        build_dataset(name, root, "train")

@@ -505,11 +505,15 @@ def test_imagenet_download_failure_is_one_line(tmp_path, monkeypatch, capsys):
     from urllib.error import URLError
 
     import racnn.backbones as backbones
+    import racnn.hub_weights as hub_weights
 
     def offline(backbone, name):
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(backbones, "_torchvision_imagenet", offline)
+    # The host answered (else racnn.hub_weights stops first: tests/test_hub_weights.py); the download then failed.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
+    monkeypatch.setattr(hub_weights, "host_reachable", lambda *args, **kwargs: True)
     assert main(_train_args(tmp_path, "model.backbone=resnet18", "model.pretrained=imagenet")) == 2
     err = _one_line_error(capsys, "racnn train: ")
     assert "could not download the ImageNet weights of resnet18" in err and "model.pretrained=PATH" in err

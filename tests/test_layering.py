@@ -21,7 +21,19 @@ COMMANDS = {
     "racnn.demo",
     "racnn.export",
 }
-CORE = ["config", "safety", "backbones", "crop", "model", "losses", "checkpoint", "distributed", "plots", "visualize"]
+CORE = [
+    "config",
+    "safety",
+    "hub_weights",
+    "backbones",
+    "crop",
+    "model",
+    "losses",
+    "checkpoint",
+    "distributed",
+    "plots",
+    "visualize",
+]
 
 
 def _imports(path: Path) -> set[str]:

@@ -216,3 +216,21 @@ def test_fixed_side_turns_the_attention_off_with_centred_boxes():
     assert all(p.grad is None for p in model.apns.parameters())  # nothing for an APN to learn
     learnt = RACNN(backbone="tiny", num_classes=3, num_scales=3, input_size=64, zoom_size=32, apn_hidden=8)
     assert learnt.state_dict().keys() == model.state_dict().keys()  # same checkpoints either way
+
+
+def test_backbone_that_cannot_take_the_sizes_is_refused_when_built():
+    with pytest.raises(
+        ValueError, match=r"timm:vit_tiny_patch16_224 cannot take model\.input_size=448 .*img_size: 448"
+    ):
+        RACNN("timm:vit_tiny_patch16_224", num_classes=3, input_size=448, zoom_size=224, apn_hidden=8)
+    with pytest.raises(ValueError, match=r"cannot take model\.zoom_size=32 .*dynamic_img_size"):
+        RACNN("timm:vit_tiny_patch16_224", 3, 2, 64, 32, apn_hidden=8, backbone_kwargs={"img_size": 64})
+
+
+def test_vit_backbone_with_kwargs_runs_at_both_sizes():
+    torch.manual_seed(0)
+    model = RACNN("timm:vit_tiny_patch16_224", 3, 2, input_size=64, zoom_size=32, apn_pool=2, apn_hidden=8,
+                  backbone_kwargs={"dynamic_img_size": True})  # fmt: skip
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.feature_maps[0].shape == (2, 192, 4, 4) and out.feature_maps[1].shape == (2, 192, 2, 2)
+    assert out.crops[1].shape == (2, 3, 32, 32) and out.fused["1+2"].shape == (2, 3)

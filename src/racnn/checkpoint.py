@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from racnn.config import Config, ConfigError, config_from_dict
-from racnn.safety import describe_os_error
+from racnn.safety import describe_os_error, share_like_open
 
 __all__ = [
     "CheckpointError",
@@ -59,6 +59,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        share_like_open(tmp)  # mkstemp's files are 0600
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         # Measured before the temporary file is removed: a full disk is full now, not after the clean-up.

@@ -52,6 +52,7 @@ class ModelConfig:
 
     backbone: str = "tiny"  # see racnn.backbones.list_backbones()
     pretrained: str | None = None  # None, "imagenet" or a path to a local state dict
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # timm:NAME only: timm.create_model keywords
     num_classes: int = 0  # 0: taken from the data set at train time
     num_scales: int = 3  # 2 to 4; the paper uses 3
     input_size: int = 448  # scale-1 input side (paper: 448)
@@ -250,7 +251,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node[key], dict):
                 raise ConfigError(f"'{'.'.join(keys[: depth + 1])}' is a value, not a section")
             node = node[key]
-            if key == "options":  # a free-form mapping: the rest of the dotted key is one option name
+            if key in ("options", "backbone_kwargs"):  # a free-form mapping: the rest of the key is one name
                 node[".".join(keys[depth + 1 :])] = value
                 break
         else:
@@ -360,7 +361,8 @@ def check_bounds(cfg: Config) -> None:
         raise ConfigError(problem)
     _check_device(cfg.train.device)
     _check_best_metric(cfg.train.best_metric, cfg.model.num_scales)
-    _check_options(cfg.data.options)
+    _check_options(cfg.data.options, "data.options")
+    _check_options(cfg.model.backbone_kwargs, "model.backbone_kwargs")
 
 
 def _check_device(name: str) -> None:
@@ -382,19 +384,20 @@ def _check_best_metric(metric: str, num_scales: int) -> None:
         raise ConfigError(f"train.best_metric must be one of {', '.join(valid)}; got {metric!r}")
 
 
-def _check_options(options: dict[str, Any]) -> None:
-    """data.options holds keyword options of a data set: short names, scalars or short lists of scalars."""
+def _check_options(options: dict[str, Any], where: str) -> None:
+    """``where`` (data.options, model.backbone_kwargs) holds keyword options: short names, scalars or short lists
+    of scalars."""
     scalar = (str, int, float, bool, type(None))
     if len(options) > MAX_OPTIONS:
-        raise ConfigError(f"data.options has {len(options)} entries; at most {MAX_OPTIONS}")
+        raise ConfigError(f"{where} has {len(options)} entries; at most {MAX_OPTIONS}")
     for key, value in options.items():
         if not isinstance(key, str) or not key.isidentifier():
-            raise ConfigError(f"data.options: {key!r} is not an option name")
+            raise ConfigError(f"{where}: {key!r} is not an option name")
         items = value if isinstance(value, (list, tuple)) else [value]
         if len(items) > MAX_OPTIONS or not all(isinstance(v, scalar) for v in items):
             shown = _shown(value)
             raise ConfigError(
-                f"data.options.{key} must be a number, a string, true/false or a short list of them, got {shown}"
+                f"{where}.{key} must be a number, a string, true/false or a short list of them, got {shown}"
             )
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from racnn.backbones import build_backbone
+from racnn.backbones import build_backbone, check_input_size
 from racnn.crop import attention_crop, compose_boxes
 from racnn.heads import fusion_name
 
@@ -116,6 +116,12 @@ class RACNN(nn.Module):
         mask_k: steepness of the crop's boxcar mask, per pixel of the image.
         fixed_side: 0 (the APNs learn their boxes), or the side of the centred box every APN proposes instead.
         pretrained: see :func:`racnn.backbones.build_backbone`; all scales start from the same weights.
+        backbone_kwargs: keyword arguments for ``timm.create_model`` (``"timm:"`` backbones only), e.g.
+            ``{"img_size": 448}``.
+
+    Raises:
+        ValueError: for a backbone that cannot take ``input_size`` or ``zoom_size`` (checked by one forward on the
+            meta device, so a ViT built for 224 px is refused here, not in the first training step).
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class RACNN(nn.Module):
         mask_k: float = 10.0,
         pretrained: str | None = None,
         fixed_side: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 2 <= num_scales <= 4:
@@ -143,7 +150,11 @@ class RACNN(nn.Module):
         self.zoom_size = zoom_size
         self.mask_k = float(mask_k)
 
-        first = build_backbone(backbone, pretrained)
+        first = build_backbone(backbone, pretrained, backbone_kwargs)
+        sizes = {input_size: "model.input_size"}
+        sizes.setdefault(zoom_size, "model.zoom_size")  # one check when both sides are equal
+        for size, key in sizes.items():
+            check_input_size(first, backbone, size, key)
         self.mean, self.std = first.mean, first.std
         channels = first.out_channels
         # Same initial weights at every scale, separate parameters.
@@ -178,6 +189,7 @@ class RACNN(nn.Module):
             mask_k=cfg.mask_k,
             pretrained=cfg.pretrained,
             fixed_side=getattr(cfg, "fixed_side", 0.0),
+            backbone_kwargs=getattr(cfg, "backbone_kwargs", None),
         )
 
     def forward(self, images: Tensor) -> RACNNOutput:

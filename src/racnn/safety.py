@@ -1,5 +1,6 @@
 """Small guards for input that racnn does not control: names printed to a terminal, names that become files,
-paths that must stay inside a folder, files that must not be replaced, and failed writes told in words.
+paths that must stay inside a folder, files that must not be replaced, failed writes told in words, and the mode
+of files written atomically (the umask's, not ``mkstemp``'s private one).
 
 Every command and the data layer use these helpers, so each rule is written once. Only the standard library is
 imported here: any module of the package may import this one.
@@ -21,6 +22,8 @@ __all__ = [
     "printable",
     "spreadsheet_cell",
     "same_file",
+    "share_like_open",
+    "umask",
 ]
 
 # Characters that change what a terminal shows without being text: C0 and C1 controls (ESC starts ANSI
@@ -112,6 +115,29 @@ _OS_REASONS = {
     errno.ENOENT: "no such file or folder",
     errno.ENAMETOOLONG: "file name too long",
 }
+
+
+def umask() -> int:
+    """The process's file-creation mask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once (not thread-safe, but racnn writes from one thread)
+    os.umask(mask)
+    return mask
+
+
+def share_like_open(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would have (``0o666`` less the umask).
+
+    Atomic writes go through ``tempfile.mkstemp`` (or safetensors' writer), whose files are private (``0o600``); a
+    checkpoint renamed from one would stay unreadable to the user's group, unlike every other file of the run.
+    """
+    os.chmod(path, 0o666 & ~umask())
 
 
 def describe_os_error(error: OSError, doing: str = "could not write", target: str | os.PathLike | None = None) -> str:

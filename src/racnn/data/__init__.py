@@ -18,6 +18,7 @@ from .io import (
     DatasetIntegrityError,
     DatasetLayoutError,
     ImageLoadError,
+    MissingExtraError,
     check_image_file,
     load_image,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "ImageDataset",
     "ImageFolderSplits",
     "ImageLoadError",
+    "MissingExtraError",
     "SkippedImagesWarning",
     "StanfordCars",
     "StanfordDogs",

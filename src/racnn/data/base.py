@@ -1,6 +1,6 @@
 """The common ground of the file-based data sets: :class:`ImageDataset`, :class:`SkippedImagesWarning` and the
 layout helpers the families share (``_require``, ``_read_id_table``, ``_display_name``, ``_load_mat``,
-``_header_size``, ``_path_loader``, ``_torchvision_samples``, ``_resolve_parent``).
+``_require_scipy``, ``_header_size``, ``_path_loader``, ``_torchvision_samples``, ``_resolve_parent``).
 
 Every data set returns ``(image, label)`` (by default ``image`` is a float32 tensor ``(3, H, W)`` in [0, 1];
 pass a transform from :func:`racnn.data.build_transforms` for training) and exposes ``name``, ``root``,
@@ -34,6 +34,7 @@ from .io import (
     DatasetIntegrityError,
     DatasetLayoutError,
     ImageLoadError,
+    MissingExtraError,
     check_image_file,
     load_image,
 )
@@ -319,7 +320,18 @@ def _display_name(raw: str, prefix: str) -> str:
     return re.sub(prefix, "", raw).replace("_", " ")
 
 
+def _require_scipy(dataset: str) -> None:
+    """scipy reads the MATLAB annotation files of Stanford Dogs, Stanford Cars and Flowers-102; it is an extra."""
+    try:
+        import scipy.io  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(
+            f'the {dataset} layout reads MATLAB (.mat) annotation files, which needs scipy: pip install "racnn[mat]"'
+        ) from None
+
+
 def _load_mat(path: Path, dataset: str, root: Path) -> dict[str, Any]:
+    _require_scipy(dataset)
     from scipy.io import loadmat
 
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torchvision.datasets as tvd
 
-from .base import ImageDataset, _require, _resolve_parent, _torchvision_samples
+from .base import ImageDataset, _require, _require_scipy, _resolve_parent, _torchvision_samples
 from .registry import register_dataset
 
 __all__ = ["StanfordCars"]
@@ -63,5 +63,6 @@ class StanfordCars(ImageDataset):
             annotations = "devkit/cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
             required = ["devkit/cars_meta.mat", annotations, f"cars_{split}/"]
             _require(self.name, root, self.expected, [f"stanford_cars/{r}" for r in required])
+        _require_scipy(self.name)  # torchvision reads the .mat annotations with it
         tv, samples = _torchvision_samples(tvd.StanfordCars, root=str(root), split=split, download=download)
         self._set_samples(samples, [str(c) for c in tv.classes])

@@ -19,6 +19,7 @@ __all__ = [
     "DatasetIntegrityError",
     "DatasetLayoutError",
     "ImageLoadError",
+    "MissingExtraError",
     "check_image_file",
     "check_image_size",
     "image_size_problem",
@@ -72,6 +73,10 @@ class DatasetLayoutError(DatasetError, FileNotFoundError):
         lines.append("Missing:")
         lines += [f"  {m}" for m in missing]
         super().__init__("\n".join(lines))
+
+
+class MissingExtraError(DatasetError, ImportError):
+    """A layout needs a package of an optional extra that is not installed (scipy for the ``.mat`` files)."""
 
 
 class DatasetIntegrityError(DatasetError, ValueError):

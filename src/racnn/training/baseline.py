@@ -55,14 +55,15 @@ def train_baseline(cfg: Config, keep_probs: bool = False) -> dict[str, Any]:
         ``{"top1", "top5", "n_images", "epochs"}`` on the test set, ``val_top1`` / ``val_top5`` where there is a val
         split; with ``keep_probs``, ``probs`` and ``targets``: ``{"val": ..., "test": ...}``.
     """
-    from racnn.backbones import build_backbone
+    from racnn.backbones import build_backbone, check_input_size
 
     cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     if cfg.model.num_classes == 0:
         cfg.model.num_classes = count_classes(cfg)
-    backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained)
+    backbone = build_backbone(cfg.model.backbone, cfg.model.pretrained, cfg.model.backbone_kwargs)
+    check_input_size(backbone, cfg.model.backbone, cfg.model.input_size)
     model = SingleScaleBaseline(backbone, cfg.model.num_classes).to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

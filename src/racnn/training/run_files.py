@@ -25,7 +25,7 @@ from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
 )
-from racnn.safety import describe_os_error
+from racnn.safety import describe_os_error, share_like_open
 
 
 def phase_label(index: int, count: int, kind: str, round_index: int) -> str:
@@ -195,6 +195,7 @@ def save_safetensors(
     tmp = path.with_suffix(".tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        share_like_open(tmp)  # safetensors writes 0600
         tmp.replace(path)
     except Exception as e:  # a full disk is a SafetensorError with no errno; say it in words, keep the old file
         needed = sum(t.numel() * t.element_size() for t in tensors.values())
