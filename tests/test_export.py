@@ -18,8 +18,8 @@ from racnn.export import (
     OUTPUT_NAMES,
     ExportWrapper,
     _MatmulAdaptiveAvgPool2d,
-    export_onnx,
     compare_outputs,
+    export_onnx,
     export_torchscript,
     verify_torchscript,
 )
@@ -74,7 +74,14 @@ def test_torchscript_python_dynamic_batch(model, tmp_path):
     parity = verify_torchscript(model, path, 64, batch_size=4)
     assert parity.ok and parity.max_abs <= 1e-4
     names = [o.name for o in parity.outputs]
-    assert names == ["probs", "logits[scale 1]", "logits[scale 2]", "logits[scale 3]", "boxes[scale 2]", "boxes[scale 3]"]
+    assert names == [
+        "probs",
+        "logits[scale 1]",
+        "logits[scale 2]",
+        "logits[scale 3]",
+        "boxes[scale 2]",
+        "boxes[scale 3]",
+    ]
     assert not model.training  # export left the model as it was
     with pytest.raises(ValueError, match="eval"):
         export_torchscript(model.train(), tmp_path / "n.pt", 64)
