@@ -18,19 +18,7 @@ COMMANDS = {
     "racnn.demo",
     "racnn.export",
 }
-CORE = [
-    "config",
-    "safety",
-    "backbones",
-    "crop",
-    "model",
-    "losses",
-    "checkpoint",
-    "distributed",
-    "parity",
-    "plots",
-    "visualize",
-]
+CORE = ["config", "safety", "backbones", "crop", "model", "losses", "checkpoint", "distributed", "plots", "visualize"]
 
 
 def _imports(path: Path) -> set[str]:
