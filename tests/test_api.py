@@ -200,3 +200,22 @@ def test_predict_runs_in_eval_mode_and_restores_modes(predictor, files):
     finally:
         predictor.model.eval()
     assert _probs(got) == pytest.approx(_probs(expected), abs=1e-6)
+
+
+def test_draw_titles_the_file_and_leaves_untrained_heads_out(predictor, files, monkeypatch):
+    seen = []
+
+    def spy(image, boxes, crops, captions, **kwargs):
+        seen.append(([c.text for c in captions], kwargs["title"]))
+        return Image.new("RGB", (1, 1))
+
+    monkeypatch.setattr("racnn.api.draw_attention", spy)
+    [prediction] = predictor.predict(files["wide.png"], return_crops=True)
+    predictor.draw(Image.open(files["wide.png"]), prediction)
+    monkeypatch.setattr(predictor.model, "trained_heads", ["s1", "s2", "avg"])  # s3 not trained
+    predictor.draw(Image.open(files["wide.png"]), prediction)
+    (captions, title), (partial, _) = seen
+    top = prediction.top
+    assert title == f"wide.png · answer (fused): {top.name} {top.prob:.2f}"
+    assert captions[1] == f"scale 2: {prediction.scales[1][0].name} {prediction.scales[1][0].prob:.2f}"
+    assert partial[:2] == captions[:2] and partial[2] == "scale 3: not trained yet"

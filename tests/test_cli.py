@@ -150,8 +150,10 @@ def test_cli_logging_levels(capsys):
 def test_help_texts_that_name_torch_side_values_stay_true():
     from racnn.data import dataset_names
     from racnn.export import DEFAULT_OPSET
+    from racnn.parity import ATOL, RTOL
 
     assert export_cli.OPSET_HELP == DEFAULT_OPSET
+    assert (export_cli.RTOL, export_cli.ATOL) == (RTOL, ATOL)
     assert list(verify_cli.BUILT_IN) == dataset_names()
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -14,7 +15,7 @@ from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, make_checkpoint, write_
 from racnn.api import load
 from racnn.cli import main
 from racnn.predict import viz_names
-from racnn.visualize import GAP, SCALE_COLORS, caption_height
+from racnn.visualize import GAP, LINE_HEIGHT, MIN_PANEL, RIGHT_COLOR, SCALE_COLORS, WRONG_COLOR, attention_layout
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +72,17 @@ def test_save_viz_draws_the_models_boxes_on_the_original(files, tmp_path, capsys
     assert Path(record["viz"]) == tmp_path / "viz" / "wide.png"
 
     [prediction] = load(files["checkpoint"], device="cpu").predict(path)  # the expected boxes, from the API
-    width, height = IMAGE_SIZES["wide.png"]
-    top = caption_height(["s1\nfused", "s2", "s3"])
-    assert viz.size == (width + 2 * (GAP + height), top + height)
+    layout = attention_layout(IMAGE_SIZES["wide.png"], ["scale 1", "scale 2", "scale 3"])
+    width, height = layout.panel  # the 80 x 60 image, upscaled to a readable panel
+    top = viz.height - height  # below the title, the legend and the captions
+    assert height == MIN_PANEL and viz.width == width + 2 * (GAP + height) and top > 2 * LINE_HEIGHT
+    text = {tuple(int(v) for v in c) for c in np.asarray(viz.crop((0, 0, viz.width, top))).reshape(-1, 3)}
+    assert set(SCALE_COLORS[:2]) <= text  # the legend
+    assert not {RIGHT_COLOR, WRONG_COLOR} & text  # no true class: nothing marked right or wrong
     px = viz.load()
     for s, (box, color) in enumerate(zip(prediction.boxes, SCALE_COLORS, strict=False)):
-        x1, y1, x2, y2 = (round(v) for v in box)
+        zx, zy = layout.zoom
+        x1, y1, x2, y2 = round(box[0] * zx), round(box[1] * zy), round(box[2] * zx), round(box[3] * zy)
         # points on the box's edges, away from the corners and clipped to the image
         points = [(min(max(x, 0), width - 1), y) for x in (x1, x2) for y in range(y1 + 3, y2 - 2)]
         points += [(x, min(max(y, 0), height - 1)) for y in (y1, y2) for x in range(x1 + 3, x2 - 2)]

@@ -1,4 +1,5 @@
-"""racnn.visualize: exact layout and box pixels of draw_attention; attention_grid restores modes."""
+"""racnn.visualize: exact layout and box pixels of draw_attention, upscaling, wrapped captions, title, legend,
+right/wrong marks; attention_grid's rows, untrained heads left out, restored modes."""
 
 from __future__ import annotations
 
@@ -9,16 +10,32 @@ from PIL import Image
 
 from racnn.model import RACNN
 from racnn.visualize import (
+    FONT_SIZE,
     GAP,
+    LINE_HEIGHT,
     LINE_WIDTH,
+    MIN_PANEL,
+    RIGHT_COLOR,
+    ROW_GAP,
     SCALE_COLORS,
+    WRONG_COLOR,
+    Caption,
+    _font,
     attention_grid,
-    caption_height,
+    attention_layout,
+    attention_rows,
     draw_attention,
+    head_caption,
     tensor_to_pil,
+    wrap_text,
 )
 
 GREY = (128, 128, 128)
+
+
+def colours(image: Image.Image) -> set[tuple[int, int, int]]:
+    """Every RGB colour in ``image``."""
+    return {tuple(int(v) for v in c) for c in np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)}
 
 
 def edge_pixels(box, image_size, inset: int = 3):
@@ -39,11 +56,14 @@ def test_draw_attention_layout_and_box_pixels():
     image = Image.new("RGB", (90, 60), GREY)
     boxes = [(10.2, 5.0, 70.4, 55.6), (30.0, 20.0, 50.0, 40.0)]
     crops = [Image.new("RGB", (48, 48), (10, 20, 30)), Image.new("RGB", (48, 48), (200, 100, 50))]
-    captions = ["s1: a 0.50\nfused: b 0.70", "s2: c 0.90", "s3: d 0.99"]
-    picture = draw_attention(image, boxes, crops, captions)
+    captions = ["scale 1: a 0.50", "scale 2: c 0.90", "scale 3: d 0.99"]
+    picture = draw_attention(image, boxes, crops, captions, legend=False, min_panel=0)  # drawn at its own size
 
-    top = caption_height(captions)
-    assert picture.size == (90 + 2 * (GAP + 60), top + 60)
+    layout = attention_layout(image.size, captions, min_panel=0)
+    top = layout.top
+    assert layout.header_height == 0 and layout.panel == (90, 60) and layout.zoom == (1.0, 1.0)
+    assert picture.size == layout.size == (90 + 2 * (GAP + 60), top + 60)
+    assert layout.lefts == (0, 90 + GAP, 90 + GAP + 60 + GAP)
     px = picture.load()
     for box, color in zip(boxes, SCALE_COLORS, strict=False):
         x1, y1, x2, y2 = (round(v) for v in box)
@@ -57,17 +77,79 @@ def test_draw_attention_layout_and_box_pixels():
     assert px[45, top + 30] == GREY  # inside the inner box: untouched
     # crop panels: H x H, their left edges after the input panel and a gap, framed in the scale's colour
     for i, (crop, color) in enumerate(zip(crops, SCALE_COLORS, strict=False)):
-        left = 90 + GAP + i * (60 + GAP)
+        left = layout.lefts[i + 1]
         assert px[left, top + 30] == color and px[left + 59, top + 30] == color
         assert px[left + 30, top + 30] == crop.getpixel((0, 0))
         assert px[left - 1, top + 30] == (255, 255, 255)  # the gap
     assert image.getpixel((10, 30)) == GREY  # the caller's image is not drawn on
 
 
+def test_small_inputs_are_upscaled_with_their_boxes():
+    image = Image.new("RGB", (64, 48), GREY)  # shorter side 48 < MIN_PANEL
+    box = (8.0, 8.0, 40.0, 40.0)
+    picture = draw_attention(image, [box], [Image.new("RGB", (16, 16))], ["a", "b"], legend=False)
+    layout = attention_layout(image.size, ["a", "b"])
+    assert layout.panel == (round(64 * MIN_PANEL / 48), MIN_PANEL) and picture.size == layout.size
+    zx, zy = layout.zoom
+    drawn = (box[0] * zx, box[1] * zy, box[2] * zx, box[3] * zy)
+    px = picture.load()
+    assert all(px[x, layout.top + y] == SCALE_COLORS[0] for x, y in edge_pixels(drawn, layout.panel))
+    # a large image is drawn at its own size
+    assert attention_layout((300, 250), ["a"]).panel == (300, 250)
+
+
+def test_captions_wrap_and_are_never_cut():
+    font = _font(FONT_SIZE)
+    text = "scale 2: red-cyan diagonal-down 0.91\nsecond line averyveryverylongwordthatcannotfitanywhere"
+    lines = wrap_text(text, font, 100)
+    assert all(font.getlength(line) <= 100 for line in lines)
+    assert "".join(lines).replace(" ", "") == text.replace("\n", "").replace(" ", "")  # nothing dropped
+    assert lines[0] == "scale 2: red-cyan" and "second line" in lines  # wrapped between words, "\n" kept
+
+    long = ["scale 1: " + "blue-yellow diagonal-down " * 3, "scale 2: x 0.5"]
+    short = ["scale 1: a", "scale 2: x 0.5"]
+    image = Image.new("RGB", (MIN_PANEL, MIN_PANEL), GREY)
+    crops = [Image.new("RGB", (8, 8))]
+    tall, low = (draw_attention(image, [(1, 1, 9, 9)], crops, c, legend=False) for c in (long, short))
+    assert tall.width == low.width  # the strip grows downwards, the panels keep their width
+    assert attention_layout(image.size, long).top > attention_layout(image.size, short).top
+    # every line of the caption is drawn: ink in each line's band of the caption strip
+    lines = wrap_text(long[0], font, MIN_PANEL - 8)
+    strip = np.asarray(tall.convert("L"))[:, :MIN_PANEL]
+    for row in range(len(lines)):
+        band = strip[4 + row * LINE_HEIGHT : 4 + (row + 1) * LINE_HEIGHT]
+        assert (band < 128).any(), f"caption line {row} not drawn"
+
+
+def test_title_legend_and_marks():
+    image = Image.new("RGB", (MIN_PANEL, MIN_PANEL), GREY)
+    crops = [Image.new("RGB", (8, 8))] * 2
+    boxes = [(10, 10, 200, 200), (50, 50, 150, 150)]
+    captions = [Caption("scale 1: a 0.5", correct=True), Caption("scale 2: b 0.4", correct=False), "scale 3: a"]
+    plain = draw_attention(image, boxes, crops, ["1", "2", "3"], legend=False)
+    picture = draw_attention(image, boxes, crops, captions, title="bird.jpg")
+    layout = attention_layout(image.size, captions, title="bird.jpg", legend=SCALE_COLORS[:2])
+    assert layout.header_height > 0 and picture.size == layout.size and picture.height > plain.height
+    header = colours(picture.crop((0, 0, picture.width, layout.header_height)))
+    assert set(SCALE_COLORS[:2]) <= header and SCALE_COLORS[2] not in header  # a swatch per box, no more
+    strip = picture.crop((0, layout.header_height, picture.width, layout.top))
+    first, second, third = (strip.crop((left, 0, left + MIN_PANEL, strip.height)) for left in layout.lefts)
+    assert RIGHT_COLOR in colours(first) and WRONG_COLOR not in colours(first)
+    assert WRONG_COLOR in colours(second) and RIGHT_COLOR not in colours(second)
+    assert not {RIGHT_COLOR, WRONG_COLOR} & colours(third)  # no mark without a verdict
+
+
+def test_head_caption():
+    assert head_caption("scale 2", "a", 0.5) == Caption("scale 2: a 0.50")
+    assert head_caption("scale 2", "a", 0.5, true="a").correct is True
+    assert head_caption("scale 2", "a", 0.5, true="b").correct is False
+    assert head_caption("scale 2", None) == Caption("scale 2: not trained yet")
+
+
 def test_boxes_at_the_border_are_clipped_to_the_input_panel():
     image = Image.new("RGB", (40, 40), GREY)
-    picture = draw_attention(image, [(0.0, 0.0, 40.0, 40.0)], [Image.new("RGB", (8, 8))], ["a", "b"])
-    top = caption_height(["a", "b"])
+    picture = draw_attention(image, [(0.0, 0.0, 40.0, 40.0)], [Image.new("RGB", (8, 8))], ["a", "b"], min_panel=0)
+    top = attention_layout(image.size, ["a", "b"], legend=SCALE_COLORS[:1], min_panel=0).top
     px = picture.load()
     assert px[0, top + 20] == SCALE_COLORS[0] and px[39, top + 20] == SCALE_COLORS[0]
     assert px[40, top + 20] == (255, 255, 255)  # not drawn into the gap
@@ -98,31 +180,61 @@ def test_attention_grid_rows_boxes_and_restored_modes():
     modes = {name: m.training for name, m in model.named_modules()}
     mean, std = model.mean, model.std
     images = torch.randn(5, 3, 64, 64)
+    args = (model, images, mean, std, ["a", "b", "c"])
 
-    grid = attention_grid(model, images, mean, std, ["a", "b", "c"], targets=[0, 1, 2, 0, 1], max_images=3)
+    rows = attention_rows(*args, targets=[0, 1, 2, 0, 1], max_images=3)
+    grid = attention_grid(*args, targets=[0, 1, 2, 0, 1], max_images=3)
 
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert all(p.grad is None for p in model.parameters())
-    captions = ["s1\nfused\ntrue", "s2", "s3"]  # three caption lines with targets
-    row_height = caption_height(captions) + 160  # panels are drawn at max(64, 160)
-    assert grid.size == (160 + 2 * (GAP + 160), 3 * row_height + 2 * GAP)
+    assert len(rows) == 3 and all(layout.panel == (MIN_PANEL, MIN_PANEL) for _, layout in rows)  # 64 px upscaled
+    assert grid.width == MIN_PANEL + 2 * (GAP + MIN_PANEL)
+    # the grid is its header, then the rows ROW_GAP apart
+    y = grid.height - sum(row.height for row, _ in rows) - 2 * ROW_GAP
+    assert SCALE_COLORS[0] in colours(grid.crop((0, 0, grid.width, y)))  # the legend
+    for row, _ in rows:
+        assert np.array_equal(np.asarray(grid.crop((0, y, row.width, y + row.height))), np.asarray(row))
+        y += row.height + ROW_GAP
 
     # the boxes are the eval-mode model's boxes_in_image, scaled to the panel
     model.eval()
     with torch.no_grad():
         out = model(images[:3])
-    px = grid.load()
-    for row in range(3):
-        top = row * (row_height + GAP) + caption_height(captions)
-        innermost = out.boxes_in_image[-1][row]
-        tx, ty, tl = (v * 160 for v in innermost.tolist())
+    for i, (row, layout) in enumerate(rows):
+        px = row.load()
+        tx, ty, tl = (v * MIN_PANEL for v in out.boxes_in_image[-1][i].tolist())
         box = (tx - tl, ty - tl, tx + tl, ty + tl)
-        hits = [px[x, top + y] == SCALE_COLORS[1] for x, y in edge_pixels(box, (160, 160))]
-        assert all(hits)
+        assert all(px[x, layout.top + y] == SCALE_COLORS[1] for x, y in edge_pixels(box, layout.panel))
+        # every answer is marked right or wrong: the true class is known
+        caption_strip = colours(row.crop((0, layout.header_height, row.width, layout.top)))
+        assert {RIGHT_COLOR, WRONG_COLOR} & caption_strip
+
+
+def test_attention_grid_leaves_untrained_heads_out(monkeypatch):
+    model = RACNN("tiny", num_classes=2, num_scales=2, input_size=32, zoom_size=24, apn_hidden=8).eval()
+    seen = []
+
+    def spy(image, boxes, crops, captions, **kwargs):
+        seen.append(([c.text for c in captions], kwargs["title"].text))
+        return Image.new("RGB", (10, 10))
+
+    monkeypatch.setattr("racnn.visualize.draw_attention", spy)
+    images = torch.randn(1, 3, 32, 32)
+    model.trained_heads = ["s1", "s2", "avg"]  # no fusion phase yet
+    attention_grid(model, images, model.mean, model.std, ["x", "y"], targets=[0])
+    model.trained_heads = ["s1", "avg"]
+    attention_grid(model, images, model.mean, model.std, ["x", "y"])
+    model.trained_heads = None  # unknown (an old checkpoint): all of them
+    attention_grid(model, images, model.mean, model.std, ["x", "y"])
+    (first, title), (second, _), (third, last_title) = seen
+    assert "answer (mean of scales)" in title and "fused" not in title
+    assert all("not trained" not in c for c in first)
+    assert second[0].startswith("scale 1: ") and second[1] == "scale 2: not trained yet"
+    assert "answer (fused)" in last_title and all("not trained" not in c for c in third)
 
 
 def test_attention_grid_leaves_an_eval_model_in_eval():
     model = RACNN("tiny", num_classes=2, num_scales=2, input_size=32, zoom_size=24, apn_hidden=8).eval()
     grid = attention_grid(model, torch.randn(2, 3, 32, 32), model.mean, model.std, ["x", "y"])
     assert not any(m.training for m in model.modules())
-    assert grid.height == 2 * (caption_height(["1\n2"]) + 160) + GAP
+    assert grid.width == MIN_PANEL + GAP + MIN_PANEL

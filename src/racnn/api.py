@@ -29,7 +29,7 @@ from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import build_transforms
 from racnn.heads import head_logits, model_answer
 from racnn.model import RACNN
-from racnn.visualize import draw_attention, eval_forward, tensor_to_pil
+from racnn.visualize import Caption, answer_label, draw_attention, eval_forward, head_caption, tensor_to_pil
 
 __all__ = [
     "ClassScore",
@@ -355,7 +355,12 @@ class Predictor:
             image: the image the prediction was made on.
             prediction: from ``predict(..., return_crops=True)`` on ``image``.
             max_side: when the image's longer side exceeds it, draw a copy reduced to that side (boxes scaled
-                alike); ``None`` draws at the original size, so the boxes sit at ``prediction.boxes``.
+                alike); ``None`` draws at the original size, so the boxes sit at ``prediction.boxes``. An image
+                whose shorter side is below :data:`racnn.visualize.MIN_PANEL` is drawn upscaled to it.
+
+        The title names the file (``prediction.source``) and the model's answer, a legend maps box colours to
+        scales, and each panel's caption gives its scale's top-1; heads no phase has trained show no answer.
+        Nothing is marked right or wrong: the true class is unknown here.
         """
         if prediction.crops is None:
             raise ValueError("this prediction has no crops; call predict(..., return_crops=True)")
@@ -364,14 +369,17 @@ class Predictor:
             factor = max_side / max(image.size)
             image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))))
             boxes = [tuple(v * factor for v in box) for box in boxes]
-        answer = "fused" if prediction.fused_key != "avg" else "mean of scales"
-        first = f"s1: {_caption(prediction.scales[0][0])}\n{answer}: {_caption(prediction.top)}"
-        captions = [first] + [f"s{s + 1}: {_caption(items[0])}" for s, items in enumerate(prediction.scales) if s]
-        return draw_attention(image, boxes, prediction.crops, captions)
+        trained = getattr(self.model, "trained_heads", None)
 
+        def caption(label: str, head: str, score: ClassScore) -> Caption:
+            if trained is not None and head not in trained:
+                return head_caption(label, None)  # a head no phase trained: its answer is noise
+            return head_caption(label, score.name, score.prob)
 
-def _caption(score: ClassScore) -> str:
-    return f"{score.name} {score.prob:.2f}"
+        name = Path(prediction.source).name if prediction.source else "RA-CNN attention"
+        answer = caption(answer_label(self.answer), self.answer, prediction.top)
+        captions = [caption(f"scale {s + 1}", f"s{s + 1}", items[0]) for s, items in enumerate(prediction.scales)]
+        return draw_attention(image, boxes, prediction.crops, captions, title=f"{name} · {answer.text}")
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Predictor:

@@ -9,8 +9,8 @@ The exported graph takes one input and gives three outputs (B is dynamic, S scal
   boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates
 
 A JSON sidecar <out>.json (:func:`write_sidecar`) holds the class names, input size, mean/std and the output
-names. :func:`verify_onnx` / :func:`verify_torchscript` run the export on a random batch and give the maximum
-absolute difference from the PyTorch model.
+names. :func:`verify_onnx` / :func:`verify_torchscript` run the export on a random batch and compare it with the
+PyTorch model output by output (:func:`racnn.parity.compare_outputs`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from racnn.model import RACNN
+from racnn.parity import ATOL, RTOL, OutputParity, Parity, compare_outputs
 
 __all__ = [
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAMES",
     "ExportWrapper",
+    "OutputParity",
+    "Parity",
+    "compare_outputs",
     "export_onnx",
     "export_torchscript",
     "verify_onnx",
@@ -187,24 +191,21 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size: int, *, b
     return path
 
 
-def _max_diff(expected: Sequence[Tensor], got: Sequence[Any]) -> float:
-    if len(expected) != len(got):
-        raise ValueError(f"the export gives {len(got)} outputs, the model {len(expected)}")
-    diffs = []
-    for e, g in zip(expected, got, strict=True):
-        g = torch.as_tensor(g).to(e.device, e.dtype)
-        if g.shape != e.shape:
-            raise ValueError(f"export output of shape {tuple(g.shape)}, model output of shape {tuple(e.shape)}")
-        diffs.append(float((e - g).abs().max()) if e.numel() else 0.0)
-    return max(diffs)
-
-
 @torch.no_grad()
-def verify_onnx(model: nn.Module, path: str | Path, input_size: int, *, batch_size: int = 3, seed: int = 1) -> float:
-    """Run the ONNX file with onnxruntime (CPU) and the eager model on one random batch.
+def verify_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_size: int,
+    *,
+    batch_size: int = 3,
+    seed: int = 1,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> Parity:
+    """Run the ONNX file with onnxruntime (CPU) and the eager model on one random batch; compare every output.
 
-    Returns:
-        The maximum absolute difference over all outputs.
+    Raises:
+        ImportError: onnxruntime is not installed.
     """
     import onnxruntime as ort
 
@@ -212,24 +213,27 @@ def verify_onnx(model: nn.Module, path: str | Path, input_size: int, *, batch_si
     expected = _eval_wrapper(model)(images)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.cpu().numpy()})
-    return _max_diff([e.cpu() for e in expected], [torch.from_numpy(g) for g in got])
+    return compare_outputs([e.cpu() for e in expected], [torch.from_numpy(g) for g in got], rtol=rtol, atol=atol)
 
 
 @torch.no_grad()
 def verify_torchscript(
-    model: nn.Module, path: str | Path, input_size: int, *, batch_size: int = 3, seed: int = 1
-) -> float:
-    """Load the TorchScript file with :func:`torch.jit.load` and compare it with the eager model on one batch.
-
-    Returns:
-        The maximum absolute difference over all outputs.
-    """
+    model: nn.Module,
+    path: str | Path,
+    input_size: int,
+    *,
+    batch_size: int = 3,
+    seed: int = 1,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+) -> Parity:
+    """Load the TorchScript file with :func:`torch.jit.load` and compare every output with the eager model's."""
     images = _example(model, input_size, batch_size, seed)
     expected = _eval_wrapper(model)(images)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated")
         loaded = torch.jit.load(str(path), map_location=images.device)
-    return _max_diff(expected, loaded(images))
+    return compare_outputs(expected, loaded(images), rtol=rtol, atol=atol)
 
 
 def write_sidecar(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_confusion_matrix", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_training_curves", "training_curves_figure"]
 
 _PHASE_COLOURS = {
     "warmup": "#dddddd",
@@ -15,6 +16,14 @@ _PHASE_COLOURS = {
     "apn": "#fbd5d5",
     "fusion": "#dcefd9",
 }
+_PHASE_NAMES = {"warmup": "warm-up", "apn_pretrain": "APN pre-train", "cls": "cls", "apn": "apn (rank)"}
+
+# One colour per scale in both panels (cls<s> and rank/APN losses of the box of scale s; accuracy s<s>), matching
+# the box colours of the attention pictures (scale 2 red, scale 3 green, scale 4 blue); scale 1 has no box.
+_SCALE_COLOURS = {1: "#404040", 2: "#d62728", 3: "#2ca02c", 4: "#1f77b4"}
+# The fusion heads and the mean of the scales: colours no scale uses.
+_HEAD_COLOURS = {"1+2": "#9467bd", "1+2+3": "#ff7f0e", "1+2+3+4": "#8c564b", "avg": "#17becf"}
+_FALLBACK = ("#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8")
 
 
 def _figure(width: float, height: float, rows: int = 1):
@@ -24,55 +33,116 @@ def _figure(width: float, height: float, rows: int = 1):
     return fig, fig.subplots(rows, 1, squeeze=False)[:, 0]
 
 
-def _shade_phases(ax, history: Sequence[dict[str, Any]]) -> None:
-    """Shade each phase's span of epochs and name it once at the top."""
-    start = 0
+def _phase_spans(history: Sequence[dict[str, Any]]) -> list[tuple[int, int, str, str]]:
+    """``(first epoch, last epoch, phase kind, label)`` of each phase's run of epochs (epochs count from 1)."""
+    spans, start = [], 1
     for i, row in enumerate(history):
-        last = i + 1 == len(history) or history[i + 1]["phase_index"] != row["phase_index"]
-        if last:
-            ax.axvspan(start + 0.5, i + 1.5, color=_PHASE_COLOURS.get(row["phase"], "#eeeeee"), lw=0, zorder=0)
-            label = row["phase"] + (f" {row['round']}" if row["phase"] in ("cls", "apn") else "")
-            ax.text(
-                (start + i + 2) / 2, 1.0, label, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7
-            )
-            start = i + 1
+        if i + 1 == len(history) or history[i + 1]["phase_index"] != row["phase_index"]:
+            kind = row["phase"]
+            label = _PHASE_NAMES.get(kind, kind) + (f" {row['round']}" if kind in ("cls", "apn") else "")
+            spans.append((start, i + 1, kind, label))
+            start = i + 2
+    return spans
+
+
+def _shade_phases(ax, history: Sequence[dict[str, Any]], width_px: float) -> float:
+    """Shade each phase's span of epochs and name it above the plot (upright where it fits, else turned).
+
+    Returns:
+        The height in points the names take above the axes (for the title's padding).
+    """
+    per_epoch = width_px / max(len(history), 1)
+    above = 2.0
+    for first, last, kind, label in _phase_spans(history):
+        ax.axvspan(first - 0.5, last + 0.5, color=_PHASE_COLOURS.get(kind, "#eeeeee"), lw=0, zorder=0)
+        turned = 5.0 * len(label) > per_epoch * (last - first + 1)  # ~5 px a character at 7 pt
+        ax.text(
+            (first + last) / 2,
+            1.01,
+            label,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            rotation=90 if turned else 0,
+            clip_on=False,
+        )
+        above = max(above, 4.0 * len(label) + 4 if turned else 10.0)
+    return above
+
+
+def _style(name: str) -> dict[str, Any]:
+    """Line colour, style and marker of a loss or head name: the same colour for the same scale everywhere."""
+    match = re.fullmatch(r"(cls|s|rank|apn_pre)(\d+)", name)
+    if match:
+        kind, n = match.group(1), int(match.group(2))
+        scale = n if kind in ("cls", "s") else n + 1  # rank<n> and apn_pre<n> train the box of scale n + 1
+        styles = {"cls": ("-", "o"), "s": ("-", "o"), "rank": ("--", "v"), "apn_pre": (":", "s")}
+        line, marker = styles[kind]
+        colour = _SCALE_COLOURS.get(scale, _FALLBACK[scale % len(_FALLBACK)])
+        return {"color": colour, "linestyle": line, "marker": marker, "markersize": 4}
+    head = name.removeprefix("fuse").removesuffix(" = fused")
+    colour = _HEAD_COLOURS.get(head, _FALLBACK[len(head) % len(_FALLBACK)])
+    dashed = head == "avg"  # the mean of the scales, not a trained head of its own
+    return {"color": colour, "linestyle": "--" if dashed else "-", "marker": "D", "markersize": 4, "zorder": 3}
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Losses (top) and validation top-1 per trained head (bottom) over epochs, with the phases shaded.
+    """Write :func:`training_curves_figure` of ``history`` to the PNG ``path``; returns ``path``."""
+    path = Path(path)
+    training_curves_figure(history).savefig(path)
+    return path
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]]):
+    """Losses (top) and validation top-1 per trained head (bottom) over epochs, with the phases shaded and named.
+
+    A scale has one colour in both panels (its ``cls`` loss, the ``rank`` / ``apn_pre`` losses of its box, its
+    ``s`` accuracy), the fusion heads and ``avg`` their own. ``fused`` is the all-scale fusion head under another
+    name: it is drawn once, as e.g. ``1+2+3 = fused``.
 
     Args:
         history: one dict per epoch as :func:`racnn.training.fit` records it (keys ``phase``, ``phase_index``,
             ``round``, ``train_*`` losses, ``val_top1_*`` validation metrics of the trained heads).
-        path: where to write the PNG.
 
     Returns:
-        ``path``.
+        A matplotlib ``Figure`` (Agg canvas) with the two axes.
     """
-    path = Path(path)
-    fig, (ax_loss, ax_acc) = _figure(9, 6, rows=2)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = _figure(10, 6.5, rows=2)
     epochs = list(range(1, len(history) + 1))
-    loss_keys = sorted({k for row in history for k in row if k.startswith("train_") and _is_loss(k)})
-    for key in loss_keys:
-        points = [(e, row[key]) for e, row in zip(epochs, history, strict=True) if _number(row.get(key))]
-        if points:
-            ax_loss.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("train_"))
-    acc_keys = sorted(k for k in {k for row in history for k in row} if k.startswith("val_top1_"))
-    for key in acc_keys:
-        points = [(e, 100 * row[key]) for e, row in zip(epochs, history, strict=True) if _number(row.get(key))]
-        if points:
-            ax_acc.plot(*zip(*points, strict=True), marker=".", label=key.removeprefix("val_top1_"))
+    keys = {k for row in history for k in row}
+    num_scales = max([int(k[len("val_top1_s") :]) for k in keys if k[len("val_top1_s") :].isdigit()] or [0])
+    all_scales = "+".join(str(s) for s in range(1, num_scales + 1))
+
+    def series(key: str, factor: float = 1.0) -> list[tuple[int, float]]:
+        return [(e, factor * row[key]) for e, row in zip(epochs, history, strict=True) if _number(row.get(key))]
+
+    for key in sorted(k for k in keys if k.startswith("train_") and _is_loss(k)):
+        name = key.removeprefix("train_")
+        if points := series(key):
+            ax_loss.plot(*zip(*points, strict=True), label=name, **_style(name))
+    heads = sorted(k.removeprefix("val_top1_") for k in keys if k.startswith("val_top1_"))
+    for head in heads:
+        if head == "fused" and num_scales > 1 and all_scales in heads:
+            continue  # the same numbers as the all-scale fusion head, drawn under that name
+        name = f"{head} = fused" if head == all_scales else head
+        if points := series(f"val_top1_{head}", 100.0):
+            ax_acc.plot(*zip(*points, strict=True), label=name, **_style(name))
     titles = ("training loss (mean over the epoch)", "validation top-1 (%), trained heads")
+    width_px = fig.get_figwidth() * fig.dpi * 0.8  # the axes' share of the figure, beside the legends
     for ax, title in zip((ax_loss, ax_acc), titles, strict=True):
-        _shade_phases(ax, history)
-        if ax is ax_loss and loss_keys:
+        above = _shade_phases(ax, history, width_px)
+        if ax is ax_loss and ax.get_lines():
             ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, pad=above + 4)
         ax.set_xlabel("epoch")
+        ax.set_xlim(0.5, max(len(history), 1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, ncols=4, loc="lower left")
-    fig.savefig(path)
-    return path
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return fig
 
 
 def _is_loss(key: str) -> bool:

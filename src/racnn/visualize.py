@@ -1,28 +1,37 @@
 """Attention pictures: the input with the nested attention box of every zoomed scale, and each scale's crop.
 
-Layout of :func:`draw_attention` (all sizes in pixels, deterministic so tests can check exact pixels)::
+Layout of :func:`draw_attention` (pixels; :func:`attention_layout` computes every position, and the drawing uses it)::
 
+    +----------------------------------------------------------+
+    | title, wrapped to the picture's width                    |   header (absent without title and legend)
+    | [#] scale 2 box   [#] scale 3 box                        |   legend: one outlined swatch per box colour
     +----------------------+-----+-----------+-----+-----------+
-    | caption 0            | gap | caption 1 | gap | caption 2 |   caption strip, caption_height(captions) high
+    | caption 0, wrapped   | gap | caption 1 | gap | caption 2 |   caption strip: as many lines as the longest
     +----------------------+-----+-----------+-----+-----------+
-    | input image, its own |     | scale-2   |     | scale-3   |
-    | size, with the boxes |     | crop,     |     | crop,     |   H high
-    | (W x H)              |     | H x H     |     | H x H     |
+    | input image W x H,   |     | scale-2   |     | scale-3   |
+    | with the boxes       |     | crop,     |     | crop,     |   H high
+    |                      |     | H x H     |     | H x H     |
     +----------------------+-----+-----------+-----+-----------+
 
-- the input panel's top-left corner is at ``(0, caption_height(captions))``, drawn at its own size (no scaling);
-- crop panel ``i`` (0-based, scale ``i + 2``) is the crop resized to ``H x H``, its left edge at
-  ``W + GAP + i * (H + GAP)``, framed in the scale's colour;
-- the box of scale ``s`` is a ``LINE_WIDTH`` (3) px outline in ``SCALE_COLORS[s - 2]`` whose lines are centred on
-  the pixel rows and columns ``round(x1), round(y1), round(x2), round(y2)``, clipped to the input panel; boxes are
-  drawn coarse to fine, so where two boxes touch the finer scale's colour is on top.
+- the input is upscaled (bicubic) when its shorter side is below ``min_panel`` (224 px by default), so a 64 px
+  input gives a readable picture; the boxes are scaled alike;
+- crop panel ``i`` (scale ``i + 2``) is the crop resized to ``H x H``, framed in the scale's colour;
+- the box of scale ``s`` is a ``LINE_WIDTH`` (3) px outline in ``SCALE_COLORS[s - 2]`` centred on the pixel rows and
+  columns ``round(x1), round(y1), round(x2), round(y2)`` of the drawn panel, clipped to it; boxes are drawn coarse
+  to fine, so where two boxes touch the finer scale's colour is on top;
+- a :class:`Caption` with ``correct`` set (the true class is known) gets a green check or a red cross and is
+  written in that colour; plain strings and ``correct=None`` get no mark (``racnn predict`` has no label).
 
 Colour legend: scale 2 red ``(255, 0, 0)``, scale 3 green ``(0, 255, 0)``, scale 4 blue ``(0, 0, 255)``.
+
+May import: torch, PIL; racnn.crop and racnn.heads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -35,37 +44,222 @@ from racnn.heads import answer_head, head_logits
 __all__ = [
     "GAP",
     "LINE_WIDTH",
+    "MIN_PANEL",
     "SCALE_COLORS",
+    "AttentionLayout",
+    "Caption",
+    "answer_label",
     "attention_grid",
-    "caption_height",
+    "attention_layout",
+    "attention_rows",
     "draw_attention",
     "eval_forward",
+    "head_caption",
     "tensor_to_pil",
+    "wrap_text",
 ]
 
 SCALE_COLORS: tuple[tuple[int, int, int], ...] = ((255, 0, 0), (0, 255, 0), (0, 0, 255))  # scales 2, 3, 4
 LINE_WIDTH = 3  # box outline width, pixels at the drawn size
-GAP = 4  # white space between panels and between the rows of a grid
-FONT_SIZE = 11
-LINE_HEIGHT = 14  # caption text line height
-CAPTION_PAD = 3
+GAP = 4  # white space between panels
+ROW_GAP = 12  # white space between the rows of a grid, a thin rule in its middle
+MIN_PANEL = 224  # the input panel's shorter side is upscaled to at least this
+MAX_UPSCALED_SIDE = 2048  # ...unless that would make its longer side exceed this (a thin panorama)
+FONT_SIZE = 13
+LINE_HEIGHT = 17  # caption text line height (the font's ascent + descent is 16)
+TITLE_FONT_SIZE = 16
+TITLE_LINE_HEIGHT = 21
+PAD = 4  # around text blocks
+MARK = 14  # side of the check / cross drawn before a marked caption
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
+RIGHT_COLOR = (0, 128, 0)
+WRONG_COLOR = (200, 0, 0)
+RULE_COLOR = (200, 200, 200)
 
 Box = tuple[float, float, float, float]
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+@dataclass(frozen=True)
+class Caption:
+    """Text over a panel (``"\\n"`` starts a new line; long lines are wrapped) and whether it is right.
+
+    Attributes:
+        text: the caption.
+        correct: True draws a green check and green text, False a red cross and red text, None neither (the
+            true class is unknown, or the caption is no answer).
+    """
+
+    text: str
+    correct: bool | None = None
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> Font:
     try:
-        return ImageFont.load_default(size=FONT_SIZE)
+        return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
         return ImageFont.load_default()
 
 
-def caption_height(captions: Sequence[str]) -> int:
-    """Height of the caption strip above the panels: room for the caption with the most lines."""
-    lines = max((len(c.split("\n")) for c in captions), default=1)
-    return 2 * CAPTION_PAD + LINE_HEIGHT * max(lines, 1)
+def wrap_text(text: str, font: Font, width: float) -> list[str]:
+    """``text`` as lines no wider than ``width`` px in ``font``: at its ``"\\n"``, then between words; a word
+    wider than ``width`` is split between characters. Nothing is dropped: the words of the lines are the text's."""
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while len(word) > 1 and font.getlength(word) > width:
+                cut = max(k for k in range(1, len(word) + 1) if k == 1 or font.getlength(word[:k]) <= width)
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+def _as_caption(caption: str | Caption) -> Caption:
+    return caption if isinstance(caption, Caption) else Caption(str(caption))
+
+
+def _caption_lines(caption: Caption, width: int, font: Font) -> list[str]:
+    indent = MARK + PAD if caption.correct is not None else 0
+    return wrap_text(caption.text, font, max(width - 2 * PAD - indent, 1))
+
+
+def _legend_rows(colors: Sequence[tuple[int, int, int]], width: int) -> list[list[tuple[int, str]]]:
+    """The legend's entries ``(scale index, text)`` flowed into rows that fit ``width``."""
+    font = _font(FONT_SIZE)
+    rows: list[list[tuple[int, str]]] = [[]]
+    used = PAD
+    for i in range(len(colors)):
+        text = f"scale {i + 2} box"
+        need = MARK + PAD + int(font.getlength(text)) + 3 * PAD
+        if rows[-1] and used + need > width:
+            rows.append([])
+            used = PAD
+        rows[-1].append((i, text))
+        used += need
+    return rows if rows[0] else []
+
+
+def _header_height(title: Caption | None, legend: Sequence[tuple[int, int, int]], width: int) -> int:
+    if title is None and not legend:
+        return 0
+    lines = len(_caption_lines(title, width, _font(TITLE_FONT_SIZE))) if title is not None else 0
+    return 2 * PAD + lines * TITLE_LINE_HEIGHT + len(_legend_rows(legend, width)) * LINE_HEIGHT
+
+
+def _draw_mark(draw: ImageDraw.ImageDraw, x: int, y: int, correct: bool) -> None:
+    """A check (right) or a cross (wrong) in the ``MARK`` square at ``(x, y)``."""
+    if correct:
+        draw.line([(x + 1, y + 7), (x + 5, y + 12), (x + 13, y + 2)], fill=RIGHT_COLOR, width=3, joint="curve")
+    else:
+        draw.line([(x + 2, y + 2), (x + 12, y + 12)], fill=WRONG_COLOR, width=3)
+        draw.line([(x + 2, y + 12), (x + 12, y + 2)], fill=WRONG_COLOR, width=3)
+
+
+def _draw_text(
+    draw: ImageDraw.ImageDraw, xy: tuple[int, int], caption: Caption, width: int, size: int, line_height: int
+) -> int:
+    """Draw ``caption`` wrapped to ``width`` with its top-left at ``xy``; returns the height used."""
+    font = _font(size)
+    x, y = xy[0] + PAD, xy[1]
+    color = TEXT_COLOR
+    if caption.correct is not None:
+        _draw_mark(draw, x, y + (line_height - MARK) // 2, caption.correct)
+        x += MARK + PAD
+        color = RIGHT_COLOR if caption.correct else WRONG_COLOR
+    lines = _caption_lines(caption, width, font)
+    for row, line in enumerate(lines):
+        draw.text((x, y + row * line_height), line, fill=color, font=font)
+    return len(lines) * line_height
+
+
+def _draw_header(
+    canvas: Image.Image, title: Caption | None, legend: Sequence[tuple[int, int, int]], width: int
+) -> None:
+    """The title and the legend of box colours, in the top ``_header_height`` px of ``canvas``."""
+    draw = ImageDraw.Draw(canvas)
+    y = PAD
+    if title is not None:
+        y += _draw_text(draw, (0, y), title, width, TITLE_FONT_SIZE, TITLE_LINE_HEIGHT)
+    font = _font(FONT_SIZE)
+    for row in _legend_rows(legend, width):
+        x = PAD
+        for i, text in row:
+            top = y + (LINE_HEIGHT - MARK) // 2
+            draw.rectangle((x, top, x + MARK - 1, top + MARK - 1), outline=tuple(legend[i]), width=LINE_WIDTH)
+            draw.text((x + MARK + PAD, y), text, fill=TEXT_COLOR, font=font)
+            x += MARK + PAD + int(font.getlength(text)) + 3 * PAD
+        y += LINE_HEIGHT
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where :func:`draw_attention` puts everything (pixels of its picture).
+
+    Attributes:
+        size: ``(width, height)`` of the picture.
+        panel: ``(W, H)`` of the drawn input panel; each crop panel is ``H x H``.
+        zoom: ``(x, y)`` factors from the given image's pixels to the drawn panel's (1.0 unless upscaled).
+        header_height: the title and legend strip at the top (0 without either).
+        top: y of the panels' top edge (below the header and the caption strip).
+        lefts: x of each panel's left edge: the input panel (0) first, then the crops.
+    """
+
+    size: tuple[int, int]
+    panel: tuple[int, int]
+    zoom: tuple[float, float]
+    header_height: int
+    top: int
+    lefts: tuple[int, ...]
+
+
+def _panel_size(width: int, height: int, min_panel: int) -> tuple[int, int]:
+    short, long = min(width, height), max(width, height)
+    if short >= min_panel:
+        return width, height
+    factor = min(min_panel / short, max(1.0, MAX_UPSCALED_SIDE / long))
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def attention_layout(
+    image_size: tuple[int, int],
+    captions: Sequence[str | Caption],
+    *,
+    title: str | Caption | None = None,
+    legend: Sequence[tuple[int, int, int]] = (),
+    min_panel: int = MIN_PANEL,
+) -> AttentionLayout:
+    """The layout of :func:`draw_attention` for an image of ``image_size`` with ``len(captions) - 1`` crops.
+
+    Args:
+        image_size: ``(W, H)`` of the input image as given.
+        captions: the captions (input panel first); their wrapped lines set the caption strip's height.
+        title: the header's title, or None.
+        legend: the box colours the legend lists (one per box), or empty for no legend.
+        min_panel: the input panel's shorter side is upscaled to at least this (0: drawn at its own size).
+    """
+    width, height = _panel_size(*image_size, min_panel)
+    widths = [width] + [height] * (len(captions) - 1)
+    lefts = [0]
+    for w in widths[:-1]:
+        lefts.append(lefts[-1] + w + GAP)
+    total = lefts[-1] + widths[-1]
+    font = _font(FONT_SIZE)
+    lines = max(len(_caption_lines(_as_caption(c), w, font)) for c, w in zip(captions, widths, strict=True))
+    header = _header_height(_as_caption(title) if title is not None else None, legend, total)
+    top = header + 2 * PAD + lines * LINE_HEIGHT
+    zoom = (width / image_size[0], height / image_size[1])
+    return AttentionLayout((total, top + height), (width, height), zoom, header, top, tuple(lefts))
 
 
 def tensor_to_pil(img: Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
@@ -88,34 +282,33 @@ def tensor_to_pil(img: Tensor, mean: Sequence[float], std: Sequence[float]) -> I
     return Image.fromarray(rgb.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
 
 
-def _caption_strip(text: str, width: int, height: int, font) -> Image.Image:
-    strip = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(strip)
-    for row, line in enumerate(text.split("\n")):
-        draw.text((CAPTION_PAD, CAPTION_PAD + row * LINE_HEIGHT), line, fill=TEXT_COLOR, font=font)
-    return strip  # text wider than the panel is cut at the panel's edge
-
-
 def draw_attention(
     image: Image.Image,
     boxes_xyxy: Sequence[Box],
     crops: Sequence[Image.Image],
-    captions: Sequence[str],
+    captions: Sequence[str | Caption],
     colors: Sequence[tuple[int, int, int]] | None = None,
+    *,
+    title: str | Caption | None = None,
+    legend: bool = True,
+    min_panel: int = MIN_PANEL,
 ) -> Image.Image:
     """Draw the nested attention boxes on ``image`` and put each scale's zoomed crop beside it.
 
-    See the module docstring for the exact layout.
+    See the module docstring for the layout, :func:`attention_layout` for the exact positions.
 
     Args:
-        image: the scale-1 input, drawn at its own size.
+        image: the scale-1 input (any size: upscaled when its shorter side is below ``min_panel``).
         boxes_xyxy: one ``(x1, y1, x2, y2)`` box per zoomed scale (scale 2 first), pixels of ``image``.
         crops: the zoomed input of each scale (scale 2 first); empty to draw the boxes only.
-        captions: ``1 + len(crops)`` captions: the input panel's, then one per crop (``"\\n"`` for more lines).
+        captions: ``1 + len(crops)`` captions: the input panel's, then one per crop.
         colors: one RGB colour per box; default :data:`SCALE_COLORS`.
+        title: a headline over the picture (e.g. the file name and the answer), or None.
+        legend: list the box colours ("scale 2 box", ...) under the title (when there are boxes).
+        min_panel: the input panel's shorter side is upscaled to at least this many px (0: never).
 
     Returns:
-        An RGB image of size ``(W + len(crops) * (GAP + H), caption_height(captions) + H)``.
+        An RGB image of size ``attention_layout(...).size``.
     """
     colors = list(SCALE_COLORS if colors is None else colors)
     if len(boxes_xyxy) > len(colors):
@@ -125,27 +318,54 @@ def draw_attention(
     if len(captions) != 1 + len(crops):
         raise ValueError(f"expected {1 + len(crops)} captions (input panel + one per crop), got {len(captions)}")
 
+    shown = colors[: len(boxes_xyxy)] if legend else []
+    title = _as_caption(title) if title is not None else None
+    layout = attention_layout(image.size, captions, title=title, legend=shown, min_panel=min_panel)
+    width, height = layout.panel
     image = image.convert("RGB")  # a copy: the caller's image is left alone
-    width, height = image.size
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    zx, zy = layout.zoom
     half = LINE_WIDTH // 2
     draw = ImageDraw.Draw(image)
-    for box, color in zip(boxes_xyxy, colors, strict=False):  # colours may outnumber boxes
-        x1, y1, x2, y2 = (round(float(v)) for v in box)
+    for (x1, y1, x2, y2), color in zip(boxes_xyxy, colors, strict=False):  # colours may outnumber boxes
+        x1, x2 = round(float(x1) * zx), round(float(x2) * zx)
+        y1, y2 = round(float(y1) * zy), round(float(y2) * zy)
         # PIL draws the outline inwards from the given corners: widen by half a line so it is centred on them.
         draw.rectangle((x1 - half, y1 - half, x2 + half, y2 + half), outline=tuple(color), width=LINE_WIDTH)
 
-    top = caption_height(captions)
-    canvas = Image.new("RGB", (width + len(crops) * (GAP + height), top + height), BACKGROUND)
-    font = _font()
-    canvas.paste(_caption_strip(captions[0], width, top, font), (0, 0))
-    canvas.paste(image, (0, top))
-    for i, (crop, color) in enumerate(zip(crops, colors, strict=False)):
-        left = width + GAP + i * (height + GAP)
-        panel = crop.convert("RGB").resize((height, height), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", layout.size, BACKGROUND)
+    _draw_header(canvas, title, shown, layout.size[0])
+    text = ImageDraw.Draw(canvas)
+    panel_widths = [width] + [height] * len(crops)
+    for left, caption, w in zip(layout.lefts, captions, panel_widths, strict=True):
+        _draw_text(text, (left, layout.header_height + PAD), _as_caption(caption), w, FONT_SIZE, LINE_HEIGHT)
+    canvas.paste(image, (0, layout.top))
+    for left, crop, color in zip(layout.lefts[1:], crops, colors, strict=False):
+        panel = crop.convert("RGB").resize((height, height), Image.Resampling.BICUBIC)
         ImageDraw.Draw(panel).rectangle((0, 0, height - 1, height - 1), outline=tuple(color), width=LINE_WIDTH)
-        canvas.paste(_caption_strip(captions[i + 1], height, top, font), (left, 0))
-        canvas.paste(panel, (left, top))
+        canvas.paste(panel, (left, layout.top))
     return canvas
+
+
+def answer_label(head: str) -> str:
+    """How a picture names the head that answers: ``"answer (fused)"`` or ``"answer (mean of scales)"``."""
+    return "answer (mean of scales)" if head == "avg" else f"answer ({head})"
+
+
+def head_caption(label: str, predicted: str | None, prob: float = 0.0, true: str | None = None) -> Caption:
+    """``"label: predicted 0.91"``, marked right or wrong when the true class is known.
+
+    Args:
+        label: what answers, e.g. ``"scale 2"``.
+        predicted: its top-1 class name; None for a head no phase has trained (its answer is left out).
+        prob: the top-1 probability.
+        true: the true class name, or None (no mark).
+    """
+    if predicted is None:
+        return Caption(f"{label}: not trained yet")
+    text = f"{label}: {predicted} {prob:.2f}"
+    return Caption(text) if true is None else Caption(text, correct=predicted == true)
 
 
 def _class_name(class_names: Sequence[str], index: int) -> str:
@@ -168,6 +388,58 @@ def eval_forward(model: nn.Module, images: Tensor) -> Any:
             module.training = training
 
 
+def attention_rows(
+    model: nn.Module,
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    targets: Tensor | Sequence[int] | None = None,
+    max_images: int = 8,
+    panel_size: int | None = None,
+) -> list[tuple[Image.Image, AttentionLayout]]:
+    """The rows of :func:`attention_grid` (same arguments), each with its :class:`AttentionLayout`.
+
+    A row is a :func:`draw_attention` picture without legend, titled with the image's number, its true class
+    and the model's answer; every caption names a scale and its top-1, marked right or wrong when ``targets``
+    are given. Heads no phase has trained (``model.trained_heads``) show no answer.
+    """
+    images = images[:max_images]
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (B, 3, S, S) batch, got shape {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    out = eval_forward(model, images.to(device))
+    num_scales = len(out.logits)
+    trained = getattr(model, "trained_heads", None)
+    answer = answer_head("fused", trained, num_scales)  # "avg" while the fusion heads are untrained
+    side = images.shape[-1]
+    panel_size = panel_size or max(side, MIN_PANEL)
+    zoom = panel_size / side
+
+    heads = head_logits(out)
+    probs = {h: heads[h].softmax(-1).cpu() for h in [*(f"s{s + 1}" for s in range(num_scales)), answer]}
+    boxes_px = [boxes_to_xyxy(b.float().cpu(), (side, side)) * zoom for b in out.boxes_in_image]  # S-1 x (B, 4)
+    true = [_class_name(class_names, int(t)) for t in targets] if targets is not None else None
+
+    def caption(label: str, head: str, i: int) -> Caption:
+        if trained is not None and head not in trained:
+            return head_caption(label, None)
+        p, k = probs[head][i].max(-1)
+        return head_caption(label, _class_name(class_names, int(k)), float(p), true[i] if true else None)
+
+    rows = []
+    for i in range(images.shape[0]):
+        picture = tensor_to_pil(images[i], mean, std).resize((panel_size, panel_size), Image.Resampling.BICUBIC)
+        answered = caption(answer_label(answer), answer, i)
+        title = Caption(f"{i + 1}. " + (f"true: {true[i]} · " if true else "") + answered.text, answered.correct)
+        captions = [caption(f"scale {s + 1}", f"s{s + 1}", i) for s in range(num_scales)]
+        crops = [tensor_to_pil(out.crops[s][i], mean, std) for s in range(1, num_scales)]
+        boxes = [tuple(b[i].tolist()) for b in boxes_px]
+        row = draw_attention(picture, boxes, crops, captions, title=title, legend=False, min_panel=0)
+        rows.append((row, attention_layout(picture.size, captions, title=title, min_panel=0)))
+    return rows
+
+
 def attention_grid(
     model: nn.Module,
     images: Tensor,
@@ -177,8 +449,9 @@ def attention_grid(
     targets: Tensor | Sequence[int] | None = None,
     max_images: int = 8,
     panel_size: int | None = None,
+    title: str = "RA-CNN attention",
 ) -> Image.Image:
-    """One :func:`draw_attention` row per image: where the model looks at every scale, and what it predicts.
+    """One :func:`draw_attention` row per image under a title and the legend of box colours.
 
     The model runs in eval mode under ``torch.no_grad``; the train/eval mode of every submodule is restored
     afterwards.
@@ -189,53 +462,26 @@ def attention_grid(
         mean: the normalisation mean (to display the images).
         std: the normalisation std.
         class_names: names for the class indices.
-        targets: ``(B,)`` true class indices, added to the captions when given.
+        targets: ``(B,)`` true class indices: each row names the true class and marks every answer right or wrong.
         max_images: the most rows.
-        panel_size: side at which the inputs are drawn; default ``max(S, 160)`` so small inputs stay readable.
+        panel_size: side at which the inputs are drawn; default ``max(S, MIN_PANEL)`` so small inputs stay readable.
+        title: the picture's headline.
 
     Returns:
-        The rows stacked top to bottom with ``GAP`` px between them.
+        The title and legend, then the rows of :func:`attention_rows` top to bottom, ``ROW_GAP`` px apart
+        (a thin rule between them); as wide as the widest row.
     """
-    images = images[:max_images]
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected a non-empty (B, 3, S, S) batch, got shape {tuple(images.shape)}")
-    device = next(model.parameters()).device
-    out = eval_forward(model, images.to(device))
-    num_scales = len(out.logits)
-    answer = answer_head("fused", getattr(model, "trained_heads", None), num_scales)  # never an untrained head
-    side = images.shape[-1]
-    panel_size = panel_size or max(side, 160)
-    zoom = panel_size / side
-
-    scale_probs = [logits.float().softmax(-1).cpu() for logits in out.logits]  # S x (B, K)
-    answer_probs = head_logits(out)[answer].softmax(-1).cpu()  # (B, K)
-    boxes_px = [boxes_to_xyxy(b.float().cpu(), (side, side)) * zoom for b in out.boxes_in_image]  # S-1 x (B, 4)
-    if targets is not None:
-        targets = [int(t) for t in targets]
-
-    def top1(probs: Tensor, i: int) -> str:
-        p, k = probs[i].max(-1)
-        return f"{_class_name(class_names, int(k))} {float(p):.2f}"
-
-    rows = []
-    for i in range(images.shape[0]):
-        picture = tensor_to_pil(images[i], mean, std).resize((panel_size, panel_size), Image.Resampling.BILINEAR)
-        label = "fused" if answer == "fused" else "mean of scales"
-        first = f"s1: {top1(scale_probs[0], i)}\n{label}: {top1(answer_probs, i)}"
-        if targets is not None:
-            first += f"\ntrue: {_class_name(class_names, targets[i])}"
-        captions = [first] + [f"s{s + 1}: {top1(scale_probs[s], i)}" for s in range(1, num_scales)]
-        crops = [tensor_to_pil(out.crops[s][i], mean, std) for s in range(1, num_scales)]
-        boxes = [tuple(b[i].tolist()) for b in boxes_px]
-        rows.append(draw_attention(picture, boxes, crops, captions))
-
-    grid = Image.new(
-        "RGB",
-        (max(r.width for r in rows), sum(r.height for r in rows) + GAP * (len(rows) - 1)),
-        BACKGROUND,
-    )
-    y = 0
-    for row in rows:
+    rows = [row for row, _ in attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size)]
+    width = max(r.width for r in rows)
+    legend = SCALE_COLORS[: getattr(model, "num_scales", len(SCALE_COLORS) + 1) - 1]
+    header = _header_height(Caption(title), legend, width)
+    grid = Image.new("RGB", (width, header + sum(r.height for r in rows) + ROW_GAP * (len(rows) - 1)), BACKGROUND)
+    _draw_header(grid, Caption(title), legend, width)
+    draw = ImageDraw.Draw(grid)
+    y = header
+    for i, row in enumerate(rows):
+        if i:
+            draw.line([(0, y - ROW_GAP // 2), (width, y - ROW_GAP // 2)], fill=RULE_COLOR, width=1)
         grid.paste(row, (0, y))
-        y += row.height + GAP
+        y += row.height + ROW_GAP
     return grid

@@ -359,7 +359,8 @@ class _Run:
         items = [shown[i] for i in range(count)]
         images = torch.stack([item[0] for item in items]).to(self.device)
         targets = [int(item[1]) for item in items]
-        grid = attention_grid(self.model, images, self.mean, self.std, self.class_names, targets=targets)
+        title = f"RA-CNN attention after round {round_index}"
+        grid = attention_grid(self.model, images, self.mean, self.std, self.class_names, targets=targets, title=title)
         grid.save(self.run_dir / f"attention_round{round_index}.png")
 
     # -- output ------------------------------------------------------------------------------------------
