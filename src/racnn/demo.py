@@ -19,6 +19,7 @@ from racnn.checkpoint import CheckpointError, CheckpointWriteError
 from racnn.cli_errors import fail, fail_os
 from racnn.config import Config, ConfigError, load_config
 from racnn.model import RACNN
+from racnn.precision import AMP_CHOICES, AMP_HELP
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
 # scales, the paper's schedule, 800 training images (with many more, scale 1 alone also learns the task). Every
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, data order and images (default: 0)")
     parser.add_argument("--small", action="store_true", help="a reduced demo (fewer images, epochs): a quick look")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-scale baseline")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, as for racnn train (repeatable), e.g. --set train.rounds=3",
@@ -80,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         f"train.device={args.device}",
         f"train.seed={args.seed}",
         f"data.synthetic_seed={args.seed}",
+        f"train.amp={args.amp}",
         *args.overrides,
     ]
     try:

@@ -7,6 +7,7 @@ confusion.csv, confusion.png and per_class.csv to --out. Every image of the spli
 
 examples:
   racnn eval --checkpoint runs/racnn/best.pt
+  racnn eval --checkpoint runs/racnn                 the run folder: its best.pt (else model.safetensors, last.pt)
   racnn eval --checkpoint best.pt --set data.root=/data/CUB_200_2011 --set train.device=cpu --out eval_cub
 
 exit codes: 0 done, 2 bad input (checkpoint, data path, config key).
@@ -24,18 +25,24 @@ from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_
 from racnn.config import ConfigError
 from racnn.heads import answer_head
 from racnn.model import RACNN
+from racnn.precision import AMP_CHOICES, CHECKPOINT_HELP
 from racnn.safety import printable
 
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (best.pt, last.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of the checkpoint's stored config, repeatable; for the data and the run settings, "
-        "e.g. --set data.root=/data/CUB_200_2011 --set data.eval_batch_size=8 --set train.device=cpu "
-        "--set train.amp=bf16",
+        "e.g. --set data.root=/data/CUB_200_2011 --set data.eval_batch_size=8 --set train.device=cpu",
+    )  # fmt: skip
+    parser.add_argument(
+        "--amp", choices=AMP_CHOICES, default=None,
+        help="precision: auto (bf16 where this device has fast bf16 kernels: a CUDA GPU with bf16, a CPU with "
+        "oneDNN bf16; else fp32), none (fp32), bf16, fp16 (CUDA) (default auto, or --set train.amp=... when given; "
+        "the train.amp stored with the model is not used)",
     )  # fmt: skip
     parser.add_argument(
         "--split", default="test", choices=("test", "val", "train"),
@@ -81,23 +88,25 @@ def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | 
 
 
 def main(args: argparse.Namespace) -> int:
-    from racnn.checkpoint import load_model
+    from racnn.checkpoint import find_model_file, load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
+    from racnn.precision import choose_precision, prepare_for_inference
     from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
 
     try:
         refuse_model_overrides(args.overrides, "the model is the one stored in the checkpoint")
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+        source = find_model_file(args.checkpoint)
+        out = Path(args.out) if args.out else source.parent / "eval"
         out = fresh_folder(out, EVAL_FILES, explicit=args.out is not None, what="--out")
-        device_model, stored_cfg, class_names = load_model(args.checkpoint)
+        cpu_model, stored_cfg, class_names = load_model(source)
         cfg = apply_overrides(stored_cfg, args.overrides)
         device = resolve_device(cfg.train.device)
-        model = device_model.to(device)
-        if cfg.train.channels_last:
-            import torch
-
-            model.to(memory_format=torch.channels_last)
+        amp_set = any(item.split("=", 1)[0].strip() == "train.amp" for item in args.overrides)
+        amp = args.amp or (cfg.train.amp if amp_set else "auto")  # not the stored one: how it was trained
+        precision = choose_precision(amp, device, cfg.train.channels_last)
+        print(printable(f"{source}: {precision.describe()}"), file=sys.stderr, flush=True)
+        model = prepare_for_inference(cpu_model, device, precision)  # weights cast once, not autocast per batch
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
         check_classes(args.checkpoint, class_names, dataset, cfg.data)
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
@@ -105,15 +114,15 @@ def main(args: argparse.Namespace) -> int:
         trained = getattr(model, "trained_heads", None)
         head = args.head or answer_head(cfg.train.best_metric.split("_", 1)[-1], trained, cfg.model.num_scales)
         metrics = evaluate(
-            model, loader, device=device, margin=cfg.train.margin, amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last, object_boxes=object_boxes, class_names=class_names,
+            model, loader, device=device, margin=cfg.train.margin, amp="none",
+            channels_last=precision.channels_last, object_boxes=object_boxes, class_names=class_names,
             confusion_head=head, out_dir=out, progress=cfg.train.progress and sys.stderr.isatty(),
         )  # fmt: skip
     except (ConfigError, CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         return fail("racnn eval: ", e)
     except OSError as e:  # the output folder could not be written (no permission, disk full)
         return fail_os("racnn eval: ", e)
-    print(printable(f"{args.checkpoint}: {cfg.data.dataset} {args.split}"))
+    print(printable(f"{source}: {cfg.data.dataset} {args.split}"))
     print(format_table(metrics, cfg.model.num_scales, trained))
     print(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
     return 0

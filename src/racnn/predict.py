@@ -23,6 +23,7 @@ from pathlib import Path
 from racnn.checkpoint import CheckpointError
 from racnn.cli_errors import OutputError, fail, fail_os, writable_folder
 from racnn.config import ConfigError, resolve_device
+from racnn.precision import AMP_CHOICES, AMP_HELP, CHECKPOINT_HELP
 from racnn.safety import free_path, printable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -31,7 +32,7 @@ MAX_NAME_WIDTH = 24  # class names longer than this are cut in the table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--topk", type=int, default=5, metavar="K", help="classes reported per scale with --json (default 5)"
     )
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     parser.add_argument(
         "--viz-max-side",
         type=int,
@@ -152,9 +154,10 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, RuntimeError) as e:  # torch.device("gpu") raises RuntimeError
         return fail("", f"--device {args.device}: {str(e).splitlines()[0]}")
     try:
-        predictor = load(args.checkpoint, device=device)
+        predictor = load(args.checkpoint, device=device, amp=args.amp)
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
+    print(printable(f"{predictor.source}: {predictor.precision.describe()}"), file=sys.stderr)
     try:
         return _predict(args, predictor, viz_dir)
     except OSError as e:  # the attention pictures could not be written (no permission, disk full)

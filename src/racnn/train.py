@@ -7,7 +7,7 @@ model.safetensors and the final metrics.json / confusion.csv / confusion.png.
 
 examples:
   racnn train --config synthetic_tiny
-  racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --set train.amp=bf16
+  racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --amp none
   racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly
   torchrun --nproc_per_node 2 -m racnn train --config FILE     DistributedDataParallel, one process per GPU/CPU share
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from racnn.checkpoint import CheckpointError, CheckpointWriteError, config_of, load_checkpoint
 from racnn.cli_errors import check_classes, fail, fail_os, refuse_resume_overrides
 from racnn.config import Config, ConfigError, apply_overrides, load_config
+from racnn.precision import AMP_CHOICES
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError)
 
@@ -49,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-dir", metavar="DIR", help="parent folder of the run folder (overrides train.output_dir)"
     )
     parser.add_argument(
+        "--amp", choices=AMP_CHOICES,
+        help="precision, overrides train.amp (default: the config's, auto in every recipe): auto (bf16 where this "
+        "device has fast bf16 kernels: a CUDA GPU with bf16, a CPU with oneDNN bf16; else fp32), none (fp32), bf16, "
+        "fp16 (CUDA)",
+    )  # fmt: skip
+    parser.add_argument(
         "--baseline", action="store_true",
         help="train and test the single-scale baseline of the config instead (same backbone, data, seed and "
         "classification epochs) and print its top-1 / top-5 as JSON",
@@ -57,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> Config:
     """The config of ``racnn train``: the file, or the resumed run's stored config, then ``--set`` overrides."""
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + ([f"train.amp={args.amp}"] if args.amp else [])
     if args.resume:
         if args.config or args.output_dir:
             raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
