@@ -18,7 +18,19 @@ COMMANDS = {
     "racnn.demo",
     "racnn.export",
 }
-CORE = ["config", "safety", "backbones", "crop", "model", "losses", "checkpoint", "distributed", "plots", "visualize"]
+CORE = [
+    "config",
+    "safety",
+    "precision",
+    "backbones",
+    "crop",
+    "model",
+    "losses",
+    "checkpoint",
+    "distributed",
+    "plots",
+    "visualize",
+]
 
 
 def _imports(path: Path) -> set[str]:

@@ -134,3 +134,18 @@ def test_predict_cli_refuses_fp16_on_the_cpu_in_one_line(files, capsys):
     code = main(["predict", "--checkpoint", str(files["checkpoint"]), str(files["wide.png"]), "--amp", "fp16"])
     err = capsys.readouterr().err
     assert code == 2 and "fp16 needs a CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export", "demo", "app", "train"])
+def test_every_command_takes_amp(command):
+    from racnn.cli import get_args_parser
+
+    required = {"predict": ["--checkpoint", "x", "img"], "eval": ["--checkpoint", "x"], "app": ["--checkpoint", "x"]}
+    required["export"] = ["--checkpoint", "x", "--format", "onnx", "--out", "y"]
+    parser = get_args_parser()
+    args = parser.parse_args([command, *required.get(command, [])])
+    # train keeps the config's train.amp (auto in every recipe); eval lets --set train.amp=... speak, else auto
+    assert args.amp == {"train": None, "eval": None}.get(command, "auto")
+    assert parser.parse_args([command, *required.get(command, []), "--amp", "bf16"]).amp == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, *required.get(command, []), "--amp", "fp8"])

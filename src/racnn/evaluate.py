@@ -105,10 +105,10 @@ def main(args: argparse.Namespace) -> int:
         amp_set = any(item.split("=", 1)[0].strip() == "train.amp" for item in args.overrides)
         amp = args.amp or (cfg.train.amp if amp_set else "auto")  # not the stored one: how it was trained
         precision = choose_precision(amp, device, cfg.train.channels_last)
-        print(printable(f"{source}: {precision.describe()}"), file=sys.stderr, flush=True)
         model = prepare_for_inference(cpu_model, device, precision)  # weights cast once, not autocast per batch
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
         check_classes(args.checkpoint, class_names, dataset, cfg.data)
+        print(printable(f"{source}: {precision.describe()}"), file=sys.stderr, flush=True)  # once the input is fine
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
         object_boxes = object_boxes_in_input(dataset, cfg.model.input_size, cfg.data.resize_ratio)
         trained = getattr(model, "trained_heads", None)
