@@ -16,6 +16,9 @@ Modes:
   bf16+cl         bf16 autocast + channels-last (train.amp=bf16); skipped on a CPU without oneDNN bf16 kernels
                   (AVX-512 BF16 / AMX), where convolutions fall back to a 10-20x slower path (--force-bf16 runs it)
   bf16w+cl        inference only: the weights themselves in bfloat16, channels-last (same condition)
+  default         what `racnn train` (with the paper recipe's train.amp / train.channels_last) and `racnn predict`
+                  choose on this machine (racnn.precision.choose_precision; amp auto: bf16 where the device has
+                  fast bf16 kernels, else fp32); inference as the Predictor runs it (weights cast once, no_grad)
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import subprocess
 import sys
 import time
 
-TRAIN_MODES = ["fp32", "fp32+cl", "fp32+cl+compile", "bf16+cl"]
-INFER_MODES = ["fp32", "fp32+cl", "fp32+cl+compile", "bf16+cl", "bf16w+cl"]
+TRAIN_MODES = ["fp32", "fp32+cl", "fp32+cl+compile", "bf16+cl", "default"]
+INFER_MODES = ["fp32", "fp32+cl", "fp32+cl+compile", "bf16+cl", "bf16w+cl", "default"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,14 +71,30 @@ def _switches(mode: str):
     )
 
 
-def run_train(args, mode: str) -> dict:
-    """Steps of the classification phase through the training package's own epoch function."""
+def _default_precision(train):
+    """What racnn chooses on this machine's CPU for ``train.amp`` and ``train.channels_last``."""
     import torch
 
-    from racnn.config import TrainConfig
+    from racnn.precision import choose_precision
+
+    return choose_precision(train.amp, torch.device("cpu"), train.channels_last)
+
+
+def run_train(args, mode: str) -> dict:
+    """Steps of the classification phase through the training package's own epoch function."""
+    from dataclasses import replace
+
+    import torch
+
+    from racnn.config import TrainConfig, load_config
     from racnn.training import StepContext, prepare_phase, train_classification_epoch
 
     amp, channels_last, compile_, _ = _switches(mode)
+    chosen = None
+    if mode == "default":  # the paper recipe's run settings, resolved as racnn train resolves them
+        recipe = load_config("paper_vgg19_cub").train
+        chosen = _default_precision(recipe)
+        amp, channels_last, compile_ = chosen.amp, chosen.channels_last, recipe.compile
     model = _model(args)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -83,17 +102,43 @@ def run_train(args, mode: str) -> dict:
     net = torch.compile(model) if compile_ else None
     images = torch.randn(args.batch, 3, args.input_size, args.input_size)
     targets = torch.randint(0, args.classes, (args.batch,))
-    ctx = StepContext(train=TrainConfig(amp=amp, channels_last=channels_last))
+    ctx = StepContext(train=replace(TrainConfig(), amp=amp, channels_last=channels_last))
     start = time.perf_counter()
     train_classification_epoch(model, [(images, targets)], optimizer, None, ctx, net=net)  # warm-up step
     first = time.perf_counter() - start
     stats = train_classification_epoch(model, [(images, targets)] * args.steps, optimizer, None, ctx, net=net)
-    return {"images_per_s": stats["images_per_s"], "first_step_s": first}
+    result = {"images_per_s": stats["images_per_s"], "first_step_s": first}
+    return {**result, "precision": chosen.describe()} if chosen else result
+
+
+def run_infer_default(args) -> dict:
+    """Single images the way :class:`racnn.api.Predictor` runs them on this machine (``amp="auto"``)."""
+    import torch
+
+    from racnn.config import TrainConfig
+    from racnn.precision import inference_input, prepare_for_inference
+    from racnn.visualize import eval_forward
+
+    chosen = _default_precision(TrainConfig(amp="auto", channels_last=True))  # the Predictor's defaults
+    model = prepare_for_inference(_model(args), torch.device("cpu"), chosen)
+    image = torch.randn(1, 3, args.input_size, args.input_size)
+    with torch.no_grad():
+        start = time.perf_counter()
+        eval_forward(model, inference_input(image, chosen))  # warm-up
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.images):
+            out = eval_forward(model, inference_input(image, chosen))
+        seconds = (time.perf_counter() - start) / args.images
+    assert torch.isfinite(out.fused["+".join(str(s + 1) for s in range(args.scales))]).all()
+    return {"seconds_per_image": seconds, "first_call_s": first, "precision": chosen.describe()}
 
 
 def run_infer(args, mode: str) -> dict:
     import torch
 
+    if mode == "default":
+        return run_infer_default(args)
     amp, channels_last, compile_, bf16_weights = _switches(mode)
     model = _model(args).eval()
     dtype = torch.bfloat16 if bf16_weights else torch.float32
@@ -155,7 +200,7 @@ def main() -> None:
     for mode in dict.fromkeys(TRAIN_MODES + INFER_MODES):
         if wanted is not None and mode not in wanted:
             continue
-        if skip_bf16 and mode.startswith("bf16"):
+        if skip_bf16 and mode.startswith("bf16"):  # "default" never is: it takes bf16 only where it is fast
             skipped = {"error": "skipped: no oneDNN bf16 on this CPU"}
             rows.append((mode, skipped if mode in TRAIN_MODES else {}, skipped if mode in INFER_MODES else {}))
             continue
@@ -173,6 +218,9 @@ def main() -> None:
     print("| mode | train images/s | train peak RSS GiB | inference s/image | inference peak RSS GiB |")
     print("|---|---:|---:|---:|---:|")
     for mode, train, infer in rows:
+        if mode == "default":
+            chosen = train.get("precision") or infer.get("precision")
+            mode = f"default ({chosen.removeprefix('precision: ')})" if chosen else mode
         print(
             f"| {mode} | {_cell(train, 'images_per_s', '.2f')} | {_cell(train, 'peak_rss_gib', '.2f')} "
             f"| {_cell(infer, 'seconds_per_image', '.3f')} | {_cell(infer, 'peak_rss_gib', '.2f')} |"

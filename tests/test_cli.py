@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import racnn
-from racnn import export_cli, verify_cli
+from racnn import cli_flags, export_cli, precision, verify_cli
 from racnn.cli import COMMANDS, DATA_COMMANDS, get_args_parser, main
 from racnn.cli_flags import configure_logging
 from racnn.config import RECIPES, PhaseConfig
@@ -154,6 +154,7 @@ def test_help_texts_that_name_torch_side_values_stay_true():
 
     assert export_cli.OPSET_HELP == DEFAULT_OPSET
     assert (export_cli.RTOL, export_cli.ATOL) == (RTOL, ATOL)
+    assert cli_flags.AMP_CHOICES == precision.AMP_CHOICES
     assert list(verify_cli.BUILT_IN) == dataset_names()
 
 

@@ -34,7 +34,7 @@ def test_yaml_then_overrides(tmp_path):
         ("trian.margin=0.1", "did you mean 'train'"),
         ("train.cls.learning_rate=0.1", "unknown config key 'train.cls.learning_rate'"),
         ("train.rounds=two", "'train.rounds' expects an integer"),
-        ("train.amp=fp8", "train.amp must be none, bf16 or fp16"),
+        ("train.amp=fp8", "train.amp must be auto, none, bf16 or fp16"),
         ("train.cls.optimizer=adam", "train.cls.optimizer must be sgd or adamw"),
         ("model.num_scales=5", "model.num_scales must be 2, 3 or 4"),
         ("train.pretrain_side=0", "train.pretrain_side must be in"),

@@ -25,6 +25,7 @@ CORE = [
     "config",
     "safety",
     "hub_weights",
+    "precision",
     "backbones",
     "crop",
     "model",

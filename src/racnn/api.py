@@ -4,6 +4,9 @@
 >>> [p] = predictor.predict("bird.jpg", topk=3)
 >>> p.top.name, p.top.prob, p.boxes  # fused class, its probability, attention boxes in bird.jpg's pixels
 
+The model runs in the precision :func:`racnn.precision.choose_precision` picks for the device (``amp="auto"``:
+bf16 weights where the device has fast bf16 kernels, else float32; channels-last on CPU and CUDA).
+
 Inputs are preprocessed exactly as in evaluation (``racnn.data.build_transforms("test", ...)``): the shorter side
 is resized to ``round(input_size * resize_ratio)``, the centre ``input_size`` square is cut out and normalised
 with the backbone's mean and std.
@@ -29,6 +32,7 @@ from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import build_transforms
 from racnn.heads import head_logits, model_answer
 from racnn.model import RACNN
+from racnn.precision import choose_precision, inference_input, prepare_for_inference
 from racnn.visualize import Caption, answer_label, draw_attention, eval_forward, head_caption, tensor_to_pil
 
 __all__ = [
@@ -150,6 +154,12 @@ class Predictor:
         config: the config stored with it.
         class_names: one name per class.
         device: where to run; default the model's device.
+        amp: ``"auto"`` (bf16 where the device has fast bf16 kernels, else float32), ``"none"`` (float32),
+            ``"bf16"`` or ``"fp16"`` (CUDA). The model is moved, cast and put in eval mode in place, once.
+
+    Attributes:
+        precision: what it runs with (:class:`racnn.precision.Precision`; ``precision.describe()`` says why).
+        source: the file the model was read from (:func:`load`), else ``None``.
     """
 
     def __init__(
@@ -158,12 +168,14 @@ class Predictor:
         config: Config,
         class_names: Sequence[str],
         device: str | torch.device | None = None,
+        amp: str = "auto",
     ) -> None:
-        self.model = model.eval()
         self.config = config
         self.class_names = list(class_names)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model.to(self.device)
+        self.precision = choose_precision(amp, self.device)
+        self.model = prepare_for_inference(model, self.device, self.precision)
+        self.source: str | None = getattr(model, "source", None)
         self.mean, self.std = model_normalization(model)
         self.answer = model_answer(model)  # "fused", or "avg" where the fusion heads were never trained
         self.input_size = config.model.input_size
@@ -176,7 +188,7 @@ class Predictor:
         m = self.config.model
         return (
             f"Predictor(backbone={m.backbone!r}, num_scales={m.num_scales}, input_size={m.input_size}, "
-            f"classes={len(self.class_names)}, device={self.device})"
+            f"classes={len(self.class_names)}, device={self.device}, amp={self.precision.amp!r})"
         )
 
     # --------------------------------------------------------------------------------------------------------
@@ -303,7 +315,7 @@ class Predictor:
         for start in range(0, len(singles), batch_size):  # load and preprocess one batch at a time
             chunk = [self._prepare(image) for image in singles[start : start + batch_size]]
             batch = torch.stack([item.tensor for item in chunk]).to(self.device)  # (B, 3, S, S)
-            out = eval_forward(self.model, batch)
+            out = eval_forward(self.model, inference_input(batch, self.precision))
             predictions += self._decode(out, chunk, k, return_crops)
         return predictions
 
@@ -330,7 +342,7 @@ class Predictor:
             originals = self.to_original(torch.stack([b[i] for b in boxes_px]), item.size) if boxes_px else []
             crops = None
             if return_crops:
-                crops = [tensor_to_pil(out.crops[s][i], self.mean, self.std) for s in range(1, num_scales)]
+                crops = [tensor_to_pil(out.crops[s][i].float(), self.mean, self.std) for s in range(1, num_scales)]
             result.append(
                 Prediction(
                     source=item.source,
@@ -382,12 +394,16 @@ class Predictor:
         return draw_attention(image, boxes, prediction.crops, captions, title=f"{name} · {answer.text}")
 
 
-def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Predictor:
+def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", amp: str = "auto") -> Predictor:
     """Load a checkpoint for inference.
 
     Args:
-        checkpoint: a racnn checkpoint (loaded with ``weights_only=True``: no code in it runs).
+        checkpoint: a run's ``best.pt`` or ``last.pt`` (loaded with ``weights_only=True``: no code in it runs), its
+            ``model.safetensors``, or the run folder (its best.pt, else model.safetensors, else last.pt; the
+            predictor's ``source`` names the file read).
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        amp: ``"auto"`` (bf16 where the device has fast bf16 kernels, else float32), ``"none"``, ``"bf16"``,
+            ``"fp16"`` (CUDA); see :mod:`racnn.precision`.
 
     Returns:
         A :class:`Predictor`.
@@ -398,4 +414,4 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> 
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model, cfg, class_names = load_model(checkpoint, map_location=device)
-    return Predictor(model, cfg, class_names, device=device)
+    return Predictor(model, cfg, class_names, device=device, amp=amp)

@@ -2,10 +2,13 @@
 
 A checkpoint is a dict of plain Python types and tensors (see docs/DESIGN.md, "Checkpoints"), so it loads
 with ``torch.load(..., weights_only=True)``: no pickled code runs when a user opens a file they downloaded.
+:func:`load_model` also reads a run's ``model.safetensors`` (tensors plus JSON metadata: config, class names,
+trained heads) and a run folder (its ``best.pt``, else ``model.safetensors``, else ``last.pt``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -24,6 +27,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "config_of",
+    "find_model_file",
     "load_checkpoint",
     "load_model",
     "save_checkpoint",
@@ -124,9 +128,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         raise CheckpointError(f"cannot read checkpoint {path}: {reason} (refused by weights_only loading)") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        bare = isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        hint = "; it holds bare weights: a backbone's go in model.pretrained=PATH for training" if bare else ""
         raise CheckpointError(
-            f"{path} is not a racnn checkpoint (expected a dict with format='{FORMAT}'); "
-            "to start from backbone weights use model.pretrained=PATH instead"
+            f"{path} is not a racnn checkpoint (expected a dict with format='{FORMAT}', as in a run's best.pt or "
+            f"last.pt){hint}"
         )
     if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} has checkpoint version {ckpt['version']}; this racnn reads up to {VERSION}")
@@ -151,8 +157,8 @@ def _file_kind(path: Path) -> str | None:
         return "the file is empty"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x80")):
         return None
-    if len(head) > 8 and head[8:9] == b"{":
-        return "it is a safetensors file (model.safetensors is for other tools); give best.pt or last.pt"
+    if _is_safetensors(head):
+        return "it is a safetensors file (racnn predict, eval, export and racnn.load read it); give best.pt or last.pt"
     if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         return "it is a text file, not a file written by torch.save"
     return "it is not a file written by torch.save"
@@ -168,11 +174,34 @@ def config_of(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Config:
         raise CheckpointError(f"{path}: its stored config is refused: {e}") from e
 
 
+MODEL_FILES = ("best.pt", "model.safetensors", "last.pt")  # what a run folder offers, in the order picked
+
+
+def find_model_file(path: str | Path) -> Path:
+    """The file :func:`load_model` reads for ``path``: the file itself, or in a run folder the first of
+    :data:`MODEL_FILES` that is there (best.pt: the model chosen on val, with everything; model.safetensors: the same
+    weights; last.pt: the last epoch's)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in MODEL_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path} is a folder without {', '.join(MODEL_FILES[:-1])} or {MODEL_FILES[-1]} in it")
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Any, Config, list[str]]:
-    """Rebuild the model stored in a checkpoint: ``(RACNN in eval mode, Config, class names)``."""
+    """Rebuild the model stored in a checkpoint: ``(RACNN in eval mode, Config, class names)``.
+
+    ``path`` is a ``best.pt`` / ``last.pt``, a ``model.safetensors`` written by training, or a run folder
+    (:func:`find_model_file` picks the file; ``model.source`` names it).
+    """
     from racnn.model import RACNN
 
-    ckpt = load_checkpoint(path, map_location=map_location)
+    path = find_model_file(path)
+    ckpt = _load_safetensors(path) if path.is_file() and _is_safetensors(_head(path)) else None
+    if ckpt is None:
+        ckpt = load_checkpoint(path, map_location=map_location)
     cfg = config_of(ckpt, path)
     if cfg.model.num_classes < 2:
         raise CheckpointError(
@@ -196,9 +225,53 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise CheckpointError(f"{described}: {lines[0]}{more}") from e
     if missing or unexpected:
         raise CheckpointError(f"{described}: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
-    model.trained_heads = ckpt.get("trained_heads")  # absent from checkpoints older than racnn 0.2
+    trained = ckpt.get("trained_heads")  # absent from checkpoints older than racnn 0.2
+    if trained is not None and not (isinstance(trained, list) and all(isinstance(h, str) for h in trained)):
+        raise CheckpointError(f"{path}: 'trained_heads' must be a list of head names")
+    model.trained_heads = trained
+    model.source = str(path)
     model.to(map_location).eval()
     return model, cfg, _class_names(ckpt, model.num_classes, path)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16)
+    except OSError as e:
+        raise CheckpointError(describe_os_error(e, "cannot read", target=path)) from e
+
+
+def _is_safetensors(head: bytes) -> bool:
+    """A safetensors file opens with its JSON header's length (8 bytes, little-endian), then the header's ``{``."""
+    return len(head) > 8 and head[8:9] == b"{"
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    """A ``model.safetensors`` written by training, as the entries of a checkpoint: ``config``, ``model``,
+    ``class_names`` and ``trained_heads`` (from its JSON metadata). Reading one runs no code."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != "racnn" or "config" not in metadata:
+                raise CheckpointError(
+                    f"{path} is a safetensors file without racnn's metadata (format, config, class_names): not one "
+                    "written by racnn training; a backbone's weights go in model.pretrained=PATH for training"
+                )
+            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no mapping)
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read {path}: {reason} (a damaged or truncated safetensors file?)") from e
+    entries: dict[str, Any] = {"model": state}
+    for key in ("config", "class_names", "trained_heads"):
+        if key in metadata:
+            try:
+                entries[key] = json.loads(metadata[key])
+            except (ValueError, RecursionError) as e:
+                raise CheckpointError(f"{path}: its '{key}' metadata is not JSON ({type(e).__name__})") from e
+    return entries
 
 
 def _check_shapes(cfg: Config, state: dict[str, torch.Tensor], described: str) -> None:

@@ -1,6 +1,7 @@
 """The flags several commands share, defined once so that they read and behave the same everywhere.
 
-``--device``, ``-b/--batch-size`` and ``-j/--workers`` (train, eval, predict, export, demo, app where they apply),
+``--device``, ``-b/--batch-size``, ``-j/--workers`` and ``--amp`` (train, eval, predict, export, demo, app where they
+apply), ``--checkpoint``'s help,
 ``-q/--quiet`` and ``-v/--verbose`` (every command, before or after its name), and the logging they set up.
 
 May import: the standard library only: ``racnn --help`` and ``racnn SUB --help`` must not load torch.
@@ -12,9 +13,26 @@ import argparse
 import logging
 import sys
 
-__all__ = ["DEVICES", "add_batch_size", "add_device", "add_verbosity", "add_workers", "configure_logging", "log_level"]
+__all__ = [
+    "AMP_CHOICES",
+    "CHECKPOINT_HELP",
+    "DEVICES",
+    "add_amp",
+    "add_batch_size",
+    "add_device",
+    "add_verbosity",
+    "add_workers",
+    "configure_logging",
+    "log_level",
+]
 
 DEVICES = "auto | cpu | cuda | cuda:N | mps"
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # racnn.precision.AMP_CHOICES, written out (a test keeps them equal)
+AMP_HELP = (
+    "precision: auto (bf16 where this device has fast bf16 kernels: a CUDA GPU with bf16, a CPU with oneDNN bf16; "
+    "else fp32), none (fp32), bf16, fp16 (CUDA)"
+)
+CHECKPOINT_HELP = "a run's best.pt, last.pt or model.safetensors, or the run folder (its best.pt, else the others)"
 
 
 def positive_int(text: str) -> int:
@@ -62,6 +80,11 @@ def add_workers(parser: argparse.ArgumentParser, what: str, default: int | None)
     parser.add_argument(
         "-j", "--workers", type=non_negative_int, default=default, metavar="N", help=_help(what, default)
     )
+
+
+def add_amp(parser: argparse.ArgumentParser, default: str | None = "auto", what: str = AMP_HELP) -> None:
+    """``--amp auto | none | bf16 | fp16`` (:func:`racnn.precision.resolve_amp` decides what ``auto`` is)."""
+    parser.add_argument("--amp", choices=AMP_CHOICES, default=default, help=_help(what, default))
 
 
 def add_verbosity(parser: argparse.ArgumentParser, top_level: bool) -> None:

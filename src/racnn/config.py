@@ -110,8 +110,8 @@ class TrainConfig:
     name: str = "racnn"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only, with a gradient scaler)
-    channels_last: bool = False
+    amp: str = "auto"  # auto (bf16 where the device has fast bf16 kernels, else none) | none | bf16 | fp16 (CUDA)
+    channels_last: bool = True  # on CPU and CUDA (racnn.precision.channels_last_helps); ignored elsewhere
     compile: bool = False
     grad_accum: int = 1
     label_smoothing: float = 0.0
@@ -272,8 +272,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.min_side must be in (0, 1), got {m.min_side}")
     if m.input_size < 16 or m.zoom_size < 16:
         raise ConfigError(f"model.input_size and zoom_size must be at least 16, got {m.input_size}, {m.zoom_size}")
-    if t.amp not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp must be none, bf16 or fp16, got '{t.amp}'")
+    if t.amp not in ("auto", "none", "bf16", "fp16"):
+        raise ConfigError(f"train.amp must be auto, none, bf16 or fp16, got '{t.amp}'")
     if not 0 < t.pretrain_side <= 1:
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
     if not 0 <= cfg.data.val_fraction < 1:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from racnn.cli_errors import fail, fail_os
-from racnn.cli_flags import add_batch_size, add_device, add_workers
+from racnn.cli_flags import add_amp, add_batch_size, add_device, add_workers
 from racnn.config import Config, ConfigError, load_config
 
 # The demo is the built-in synthetic_tiny recipe (src/racnn/configs/synthetic_tiny.yaml): the tiny backbone, three
@@ -71,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, data order and images (default: 0)")
     parser.add_argument("--small", action="store_true", help="a reduced demo (fewer images, epochs): a quick look")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-scale baseline")
+    add_amp(parser)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, as for racnn train (repeatable), e.g. --set train.rounds=3",
@@ -88,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         *([f"data.batch_size={args.batch_size}"] if args.batch_size is not None else []),
         *([f"data.num_workers={args.workers}"] if args.workers is not None else []),
         *(["train.progress=false"] if getattr(args, "verbosity", None) == "quiet" else []),
+        f"train.amp={args.amp}",
         *args.overrides,
     ]
     try:

@@ -7,6 +7,7 @@ confusion.csv, confusion.png and per_class.csv to --out. Every image of the spli
 
 examples:
   racnn eval --checkpoint runs/racnn/best.pt
+  racnn eval --checkpoint runs/racnn                 the run folder: its best.pt (else model.safetensors, last.pt)
   racnn eval --checkpoint best.pt --set data.root=/data/CUB_200_2011 --device cpu -b 32 -j 4 --out eval_cub
 
 exit codes: 0 done, 2 bad input (checkpoint, data path, config key).
@@ -15,25 +16,32 @@ exit codes: 0 done, 2 bad input (checkpoint, data path, config key).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
-from racnn.cli_flags import DEVICES, add_batch_size, add_device, add_workers
+from racnn.cli_flags import AMP_HELP, CHECKPOINT_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
 from racnn.config import ConfigError
 from racnn.safety import printable
+
+log = logging.getLogger(__name__)
 
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (best.pt, last.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of the checkpoint's stored config, repeatable; for the data and the run settings, "
-        "e.g. --set data.root=/data/CUB_200_2011 --set data.eval_batch_size=8 --set train.device=cpu "
-        "--set train.amp=bf16",
+        "e.g. --set data.root=/data/CUB_200_2011 --set data.eval_batch_size=8 --set train.device=cpu",
+    )  # fmt: skip
+    add_amp(
+        parser, None,
+        f"{AMP_HELP} (default auto, or --set train.amp=... when given; the train.amp stored with the model is not "
+        "used)",
     )  # fmt: skip
     parser.add_argument(
         "--split", default="test", choices=("test", "val", "train"),
@@ -101,40 +109,42 @@ def show_progress(wanted: bool, args: argparse.Namespace) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    from racnn.checkpoint import CheckpointError, load_model
+    from racnn.checkpoint import CheckpointError, find_model_file, load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
     from racnn.heads import answer_head
+    from racnn.precision import choose_precision, prepare_for_inference
     from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
 
     try:
         refuse_model_overrides(args.overrides, "the model is the one stored in the checkpoint")
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+        source = find_model_file(args.checkpoint)
+        out = Path(args.out) if args.out else source.parent / "eval"
         out = fresh_folder(out, EVAL_FILES, explicit=args.out is not None, what="--out")
-        device_model, stored_cfg, class_names = load_model(args.checkpoint)
+        cpu_model, stored_cfg, class_names = load_model(source)
         cfg = apply_overrides(stored_cfg, flag_overrides(args) + args.overrides)
         device = resolve_device(cfg.train.device)
-        model = device_model.to(device)
-        if cfg.train.channels_last:
-            import torch
-
-            model.to(memory_format=torch.channels_last)
+        amp_set = any(item.split("=", 1)[0].strip() == "train.amp" for item in args.overrides)
+        amp = args.amp or (cfg.train.amp if amp_set else "auto")  # not the stored one: how it was trained
+        precision = choose_precision(amp, device, cfg.train.channels_last)
+        model = prepare_for_inference(cpu_model, device, precision)  # weights cast once, not autocast per batch
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
         check_classes(args.checkpoint, class_names, dataset, cfg.data)
+        log.info(printable(f"{source}: {precision.describe()}"))  # once the input is accepted
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
         object_boxes = object_boxes_in_input(dataset, cfg.model.input_size, cfg.data.resize_ratio)
         trained = getattr(model, "trained_heads", None)
         head = args.head or answer_head(cfg.train.best_metric.split("_", 1)[-1], trained, cfg.model.num_scales)
         metrics = evaluate(
-            model, loader, device=device, margin=cfg.train.margin, amp=cfg.train.amp,
-            channels_last=cfg.train.channels_last, object_boxes=object_boxes, class_names=class_names,
+            model, loader, device=device, margin=cfg.train.margin, amp="none",
+            channels_last=precision.channels_last, object_boxes=object_boxes, class_names=class_names,
             confusion_head=head, out_dir=out, progress=show_progress(cfg.train.progress, args),
         )  # fmt: skip
     except (ConfigError, CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
         return fail("racnn eval: ", e)
     except OSError as e:  # the output folder could not be written (no permission, disk full)
         return fail_os("racnn eval: ", e)
-    print(printable(f"{args.checkpoint}: {cfg.data.dataset} {args.split}"))
+    print(printable(f"{source}: {cfg.data.dataset} {args.split}"))
     print(format_table(metrics, cfg.model.num_scales, trained))
     print(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
     return 0

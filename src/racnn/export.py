@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from racnn.model import RACNN
 from racnn.parity import ATOL, RTOL, OutputParity, Parity, compare_outputs
+from racnn.precision import Precision, inference_input, prepare_for_inference
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -234,6 +235,19 @@ def verify_torchscript(
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated")
         loaded = torch.jit.load(str(path), map_location=images.device)
     return compare_outputs(expected, loaded(images), rtol=rtol, atol=atol)
+
+
+@torch.no_grad()
+def precision_drift(
+    model: nn.Module, input_size: int, precision: Precision, *, batch_size: int = 3, seed: int = 1
+) -> float:
+    """How far ``model`` run in ``precision`` (weights cast, as :class:`racnn.api.Predictor` runs it) lies from
+    ``model`` in float32, which is what an export computes: the maximum absolute difference over all outputs."""
+    images = _example(model, input_size, batch_size, seed)
+    expected = _eval_wrapper(model)(images)
+    reduced = prepare_for_inference(copy.deepcopy(model), images.device, precision)
+    got = [g.float() for g in _eval_wrapper(reduced)(inference_input(images, precision))]
+    return compare_outputs(expected, got).max_abs
 
 
 def write_sidecar(

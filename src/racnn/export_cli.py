@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from racnn.cli_errors import OutputError, fail, writable_folder
-from racnn.cli_flags import add_batch_size
+from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size
 from racnn.config import ConfigError
 from racnn.safety import describe_os_error, printable, same_file
 
@@ -43,7 +43,7 @@ MAX_BATCH = 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument("--format", required=True, choices=["onnx", "torchscript"], help="export format")
     parser.add_argument("--out", required=True, metavar="PATH", help="file to write (sidecar: PATH.json)")
     parser.add_argument("--opset", type=int, default=None, metavar="N", help=f"ONNX opset (default {OPSET_HELP})")
@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare the export with PyTorch (default: yes; an ONNX export is left unchecked, with a note, when "
         "onnxruntime is not installed; --check makes that an error); --no-check skips the comparison",
     )
+    add_amp(
+        parser, "auto",
+        "the precision racnn predict would use (auto: bf16 on a CPU with oneDNN bf16 kernels, else fp32); when it is "
+        "not fp32, also print how far the model in it lies from the float32 export, for information",
+    )  # fmt: skip
 
 
 def _max_opset() -> int:
@@ -153,20 +158,29 @@ def _export_beside(out: Path, write) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from racnn.api import model_normalization
     from racnn.checkpoint import CheckpointError, load_model
+    from racnn.export import precision_drift
+    from racnn.precision import choose_precision
 
     try:
         check_arguments(args)
+        precision = choose_precision(args.amp, torch.device("cpu"))  # the check runs on the CPU
         model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
     try:
-        return _export(args, model, cfg, class_names, model_normalization(model))
+        code = _export(args, model, cfg, class_names, model_normalization(model))
     except OSError as e:  # the export could not be written (no permission, disk full); an earlier one is kept
         if isinstance(e, BrokenPipeError):
             raise
         return fail("", describe_os_error(e, target=args.out), code=1)
+    if precision.amp != "none" and code != 2:
+        drift = precision_drift(model, cfg.model.input_size, precision, batch_size=args.batch_size + 1)
+        print(f"{precision.describe()}: racnn predict here differs from the export by up to {drift:.3g} (information)")
+    return code
 
 
 def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normalization) -> int:

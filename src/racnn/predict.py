@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from racnn.cli_errors import OutputError, fail, fail_os, writable_folder
-from racnn.cli_flags import add_batch_size, add_device, add_workers
+from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size, add_device, add_workers
 from racnn.config import ConfigError, resolve_device
 from racnn.safety import free_path, printable
 
@@ -36,7 +36,7 @@ MAX_NAME_WIDTH = 24  # class names longer than this are cut in the table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument(
         "--topk", type=int, default=5, metavar="K", help="classes reported per scale with --json (default 5)"
     )
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size(parser, "images per forward pass", 16)
     add_workers(parser, "threads that read and decode the images; 0: the main thread", 0)
     parser.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    add_amp(parser)
     parser.add_argument(
         "--viz-max-side",
         type=int,
@@ -159,9 +160,10 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, RuntimeError) as e:  # torch.device("gpu") raises RuntimeError
         return fail("", f"--device {args.device}: {str(e).splitlines()[0]}")
     try:
-        predictor = load(args.checkpoint, device=device)
+        predictor = load(args.checkpoint, device=device, amp=args.amp)
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
+    log.info(printable(f"{predictor.source}: {predictor.precision.describe()}"))
     try:
         return _predict(args, predictor, viz_dir)
     except OSError as e:  # the attention pictures could not be written (no permission, disk full)

@@ -7,7 +7,7 @@ model.safetensors and the final metrics.json / confusion.csv / confusion.png.
 
 examples:
   racnn train --config synthetic_tiny
-  racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --set train.amp=bf16
+  racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --amp none
   racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly
   racnn train --config synthetic_tiny --device cpu -b 16 -j 0 --print-config     the resolved config, no training
   racnn --quiet train --config FILE              warnings and errors only, no progress bars
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from racnn.cli_errors import check_classes, fail, fail_os, refuse_resume_overrides
-from racnn.cli_flags import DEVICES, add_batch_size, add_device, add_workers
+from racnn.cli_flags import AMP_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
 from racnn.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
 
 
@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", metavar="DIR", help="parent folder of the run folder (overrides train.output_dir)"
     )
+    add_amp(parser, None, f"{AMP_HELP}: sets train.amp (left out: the config's, auto in every recipe)")
     parser.add_argument(
         "--baseline", action="store_true",
         help="train and test the single-scale baseline of the config instead (same backbone, data, seed and "
@@ -73,6 +74,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"data.batch_size={args.batch_size}")
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")
+    if args.amp is not None:
+        overrides.append(f"train.amp={args.amp}")
     if getattr(args, "verbosity", None) == "quiet":
         overrides.append("train.progress=false")
     return overrides

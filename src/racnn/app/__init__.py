@@ -19,7 +19,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from racnn.cli_flags import add_batch_size, add_device
+from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size, add_device
 from racnn.config import ConfigError, resolve_device
 
 MISSING_EXTRA = "error: racnn app needs the web server of the app extra (starlette, uvicorn): pip install 'racnn[app]'"
@@ -27,10 +27,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a racnn checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help=CHECKPOINT_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
     add_device(parser, "auto")
+    add_amp(parser)
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="classes reported per scale (default 5)")
     parser.add_argument("--max-mb", type=float, default=20.0, help="upload limit per request, MB (default 20)")
     parser.add_argument("--max-files", type=int, default=8, metavar="N", help="files per request (default 8)")
@@ -75,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: --device {args.device}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     try:
-        predictor = load(args.checkpoint, device=device)
+        predictor = load(args.checkpoint, device=device, amp=args.amp)
     except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -91,11 +92,12 @@ def main(args: argparse.Namespace) -> int:
         max_pixels=int(args.max_megapixels * 1e6),
         max_requests=args.queue,
     )
-    name = Path(args.checkpoint).name
+    name = Path(predictor.source or args.checkpoint).name
     app = create_app(predictor, limits, topk=args.topk, batch_size=args.batch_size, name=name)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
-    print(f"racnn app: {name} ({predictor.config.model.backbone}, {len(predictor.class_names)} classes) on {device}")
+    model = f"{name} ({predictor.config.model.backbone}, {len(predictor.class_names)} classes)"
+    print(f"racnn app: {model} on {device}, {predictor.precision.describe()}")
     print(f"open http://{url_host}:{port}/  (Ctrl+C stops)", flush=True)
     if args.host not in LOOPBACK:
         print(f"note: listening on {args.host}: anyone who can reach this machine can use the model", flush=True)

@@ -2,8 +2,8 @@
 
 Owns: :class:`SingleScaleBaseline` and :func:`train_baseline` (train, then test top-1/top-5).
 
-May import: ``racnn.backbones``, ``racnn.config`` and the loaders, loop, precision, run_files and schedule of
-``racnn.training``.
+May import: ``racnn.backbones``, ``racnn.config``, ``racnn.precision`` and the loaders, loop, precision, run_files
+and schedule of ``racnn.training``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from racnn.config import Config, TrainConfig, resolve_device
+from racnn.precision import choose_precision
 from racnn.training.loaders import build_datasets, count_classes, make_eval_loader, make_train_loader
 from racnn.training.loop import StepContext, run_epoch
 from racnn.training.precision import autocast
@@ -59,6 +60,8 @@ def train_baseline(cfg: Config, keep_probs: bool = False) -> dict[str, Any]:
 
     cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.train.device)
+    precision = choose_precision(cfg.train.amp, device, cfg.train.channels_last)  # as RA-CNN's run decides
+    cfg.train = replace(cfg.train, amp=precision.amp, channels_last=precision.channels_last)
     seed_everything(cfg.train.seed)
     if cfg.model.num_classes == 0:
         cfg.model.num_classes = count_classes(cfg)

@@ -77,7 +77,8 @@ def evaluate(
             :func:`make_eval_loader`); the indices are needed for ``object_boxes``.
         device: defaults to the model's.
         margin: the ranking-loss margin for ``rank_loss``.
-        amp, channels_last: as in training (``train.amp``, ``train.channels_last``).
+        amp, channels_last: as in training (``train.amp``, ``train.channels_last``). A model whose weights were cast
+            (:func:`racnn.precision.prepare_for_inference`) gets its batches in its own dtype; use ``amp="none"``.
         object_boxes: ``(N, 4)`` object boxes per dataset index, normalised ``(x1, y1, x2, y2)`` in the model's
             input coordinates (NaN rows: unknown); see :func:`object_boxes_in_input`.
         class_names: names for the confusion-matrix picture.
@@ -102,11 +103,12 @@ def evaluate(
         raise ValueError(f"confusion_head must be one of {heads}, got {confusion_head!r}")
     # Made before the loop, so a process whose shard is empty still takes part in the all-reduce.
     sums = _EvalSums(heads, model.num_classes, model.num_scales - 1, confusion_head, device)
+    dtype = next(model.parameters()).dtype  # float32, or bf16 / fp16 for weights cast for inference
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
-            images, targets = batch[0].to(device), batch[1].to(device)
+            images, targets = batch[0].to(device, dtype), batch[1].to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):

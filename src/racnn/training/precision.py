@@ -1,32 +1,25 @@
-"""Mixed precision: the autocast context for ``train.amp`` and the warning for bf16 where it is slow.
+"""Mixed precision in training: the autocast context for ``train.amp``.
 
-May import: torch, ``racnn.config``.
+The rule that turns ``auto`` into bf16 or float32 on a device lives in :mod:`racnn.precision`.
+
+May import: torch, ``racnn.config``, ``racnn.precision``.
 """
 
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 
 import torch
 
-from racnn.config import ConfigError
+from racnn.precision import resolve_amp, warn_slow_bf16
+
+__all__ = ["autocast", "warn_slow_bf16"]
 
 
 def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in ``none | bf16 | fp16`` (fp16 needs CUDA: it needs a gradient scaler)."""
+    """``torch.autocast`` for ``amp`` in ``auto | none | bf16 | fp16`` (fp16 needs CUDA: it needs a gradient
+    scaler; ``auto`` is resolved by :func:`racnn.precision.resolve_amp`)."""
+    amp = resolve_amp(amp, device)
     if amp == "none":
         return nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.amp=fp16 needs a CUDA device (got {device.type}); use train.amp=bf16 instead")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def warn_slow_bf16(device: torch.device, amp: str) -> None:
-    """bf16 on a CPU without oneDNN bf16 kernels (no AVX-512 BF16 / AMX) runs convolutions on a slow fallback."""
-    if amp == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn(
-            "train.amp=bf16 on a CPU without oneDNN bf16 support: convolutions fall back to a slow path (10-20x "
-            "slower than float32 measured on an AVX2-only CPU); use train.amp=none here",
-            stacklevel=3,
-        )

@@ -6,7 +6,7 @@ running each phase of the schedule epoch by epoch, evaluating, saving ``last.pt`
 :mod:`racnn.training.run_files`.
 
 May import: everything below it in ``racnn.training`` and the core modules (``racnn.model``, ``racnn.config``,
-``racnn.checkpoint``, ``racnn.distributed``, ``racnn.visualize``, ``racnn.plots``).
+``racnn.checkpoint``, ``racnn.distributed``, ``racnn.precision``, ``racnn.visualize``, ``racnn.plots``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from racnn.distributed import (
 )
 from racnn.heads import answer_head, head_names, heads_trained_by
 from racnn.model import RACNN
+from racnn.precision import Precision, choose_precision, warn_slow_bf16
 from racnn.training.compiling import CompiledOrEager
 from racnn.training.evaluation import evaluate, scalar_metrics
 from racnn.training.loaders import (
@@ -45,7 +46,6 @@ from racnn.training.loaders import (
     object_boxes_in_input,
 )
 from racnn.training.loop import StepContext
-from racnn.training.precision import warn_slow_bf16
 from racnn.training.run_files import (
     epoch_line,
     eta_text,
@@ -97,13 +97,15 @@ def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
         :class:`TrainResult`. ``Ctrl-C`` raises ``KeyboardInterrupt`` after saying how to resume.
     """
     device = resolve_device(cfg.train.device)
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.amp=fp16 needs a CUDA device (got {device.type}); use train.amp=bf16 instead")
-    warn_slow_bf16(device, cfg.train.amp)
+    try:
+        precision = choose_precision(cfg.train.amp, device, cfg.train.channels_last)
+    except ConfigError as e:
+        raise ConfigError(f"train.{e}") from None
+    warn_slow_bf16(device, precision.amp)
     dist_info, device = init_distributed(device)
     try:
         try:
-            run = _Run(copy.deepcopy(cfg), device, dist_info, resume)
+            run = _Run(copy.deepcopy(cfg), device, dist_info, resume, precision)
         except ValueError as e:  # a backbone, data set option or class count that does not fit: the config's fault
             raise e if isinstance(e, (ConfigError, CheckpointError)) else ConfigError(str(e)) from e
         return run.train()
@@ -115,8 +117,14 @@ def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
 class _Run:
     """The state of one training run and the steps of its loop, each a short method."""
 
-    def __init__(self, cfg: Config, device: torch.device, dist_info: DistInfo, resume: str | Path | None) -> None:
+    def __init__(
+        self, cfg: Config, device: torch.device, dist_info: DistInfo, resume: str | Path | None, precision: Precision
+    ) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
+        self.precision = precision
+        # The settings the steps run with: train.amp=auto resolved for this device (the config keeps "auto", so a
+        # resumed or evaluated run decides again on its own machine).
+        self.run_settings = replace(cfg.train, amp=precision.amp, channels_last=precision.channels_last)
         self.main = dist_info.is_main
         ckpt = load_resume(resume) if resume is not None else None
         seed_everything(cfg.train.seed)
@@ -144,7 +152,7 @@ class _Run:
             for split, data in self.eval_sets.items() if data is not None
         }  # fmt: skip
         self.schedule = expand_schedule(cfg.train)
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if precision.amp == "fp16" else None
         self.state = {"phase_index": 0, "epoch": 0, "global_epoch": 0, "global_step": 0, "best": None, "trained": []}
         self.best_model: dict[str, Any] | None = None  # the weights best.pt holds, to be tested at the end
         self.history: list[dict[str, Any]] = []
@@ -172,7 +180,7 @@ class _Run:
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
         model.to(self.device)
-        if cfg.train.channels_last:
+        if self.precision.channels_last:
             model.to(memory_format=torch.channels_last)
         return model, list(model.mean), list(model.std)
 
@@ -193,6 +201,7 @@ class _Run:
     def train(self) -> TrainResult:
         if self.main:
             log.info(f"run folder: {self.run_dir}  ({len(self.schedule)} phases, device {self.device})")
+            log.info(self.precision.describe())
         batches, steps = steps_per_epoch(self.train_loader, self.cfg.train)
         phases = " -> ".join(kind for kind, _, _ in self.schedule)
         log.debug(f"{batches} batches and {steps} optimiser steps per epoch; phases: {phases}")
@@ -225,7 +234,7 @@ class _Run:
         where = phase_label(index, len(self.schedule), kind, round_index)
         for epoch in range(first_epoch, phase.epochs):
             ctx = StepContext(
-                self.device, self.cfg.train, self.scaler, f"{where}, epoch {epoch + 1}/{phase.epochs}",
+                self.device, self.run_settings, self.scaler, f"{where}, epoch {epoch + 1}/{phase.epochs}",
                 progress=self.cfg.train.progress and self.main and sys.stderr.isatty(), world_size=self.dist.world_size,
             )  # fmt: skip
             self.sampler.set_epoch(self.state["global_epoch"])
@@ -244,7 +253,7 @@ class _Run:
             data = self.train_loader.dataset
             items = [data[(self.state["global_epoch"], i)] for i in range(min(len(data), count))]
         images = torch.stack([item[0] for item in items])
-        ctx = StepContext(self.device, self.cfg.train)
+        ctx = StepContext(self.device, self.run_settings)
         images, _ = ctx.to_device(images, torch.zeros(0))
         with torch.no_grad(), ctx.autocast():
             out = self.model(images)
@@ -309,7 +318,7 @@ class _Run:
     def _evaluate(self, split: str, out_dir: Path | None = None, trained: list[str] | None = None) -> dict[str, Any]:
         return evaluate(
             self.model, self.eval_loaders[split], device=self.device, margin=self.cfg.train.margin,
-            amp=self.cfg.train.amp, channels_last=self.cfg.train.channels_last, object_boxes=self.object_boxes[split],
+            amp=self.precision.amp, channels_last=self.precision.channels_last, object_boxes=self.object_boxes[split],
             class_names=self.class_names, confusion_head=self._selected_head(trained), out_dir=out_dir,
         )  # fmt: skip
 
