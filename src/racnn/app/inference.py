@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from racnn.api import Prediction, Predictor, PreparedImage
-from racnn.data.io import _to_rgb  # the data layer's mode conversion, so an upload reads as `racnn predict` reads it
+from racnn.data.io import to_rgb  # the data layer's mode conversion, so an upload reads as `racnn predict` reads it
 
 __all__ = ["FORMATS", "Busy", "ImageError", "InferenceQueue", "decode_image"]
 
@@ -68,7 +68,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageError(f"image of {width} x {height} pixels is over the limit of {max_pixels / 1e6:g} megapixels")
         try:
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise ImageError(f"truncated or corrupt image: {error}") from None
 

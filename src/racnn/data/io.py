@@ -24,6 +24,7 @@ __all__ = [
     "check_image_size",
     "image_size_problem",
     "load_image",
+    "to_rgb",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -98,7 +99,7 @@ class DatasetIntegrityError(DatasetError, ValueError):
         super().__init__("\n".join(lines))
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Converts any PIL mode to 8-bit RGB; transparent pixels are composited on white."""
     mode = image.mode
     if mode == "RGB":
@@ -165,7 +166,7 @@ def load_image(path: str | os.PathLike, dataset: str | None = None) -> Image.Ima
             if problem:
                 raise ImageLoadError(path, problem, dataset)
             image.load()
-            return _to_rgb(image)
+            return to_rgb(image)
     except ImageLoadError:
         raise
     except FileNotFoundError:
