@@ -34,6 +34,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
         "data.synthetic_classes=4", "data.batch_size=8", "data.eval_batch_size=8", "data.hflip=true",
         "train.rounds=1", "train.warmup.epochs=1", "train.apn_pretrain.epochs=1", "train.cls.epochs=1",
         "train.apn.epochs=1", "train.fusion.epochs=1", "train.grad_accum=2", f"train.output_dir={tmp_path}",
+        "train.amp=none",  # the processes do not get the suite's fake CPU: float32 on any machine, as below
     ]  # fmt: skip
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     args += ["-m", "racnn", "train", "--config", str(CONFIG)]
@@ -56,7 +57,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
         cfg = config_from_dict(load_checkpoint(run / "best.pt")["config"])
         test_set = build_split(cfg, "test", model.mean, model.std)
         single = evaluate(
-            model, make_eval_loader(test_set, 5), margin=cfg.train.margin,
+            model, make_eval_loader(test_set, 5), margin=cfg.train.margin, channels_last=cfg.train.channels_last,
             object_boxes=object_boxes_in_input(test_set, cfg.model.input_size, cfg.data.resize_ratio),
         )  # fmt: skip
     finally:
