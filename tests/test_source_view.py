@@ -98,6 +98,9 @@ def test_tiny_training_passes_the_source_everywhere(tmp_path, monkeypatch):
     assert sources and set(sources) == {(3, 64, 64)}  # every phase, evaluation, fusion init and picture
     assert 0 <= result.metrics["top1_fused"] <= 1 and result.metrics["n_images"] == 12
     assert list(result.run_dir.glob("attention_round*.png"))
+    sources.clear()
+    assert main(["eval", "--checkpoint", str(result.run_dir / "last.pt"), "--out", str(tmp_path / "eval")]) == 0
+    assert sources and set(sources) == {(3, 64, 64)}  # racnn eval rebuilds the views from the stored config
 
     # Inference from the run: the predictor builds the source view from the photo's own pixels.
     predictor = load(result.run_dir / "last.pt", device="cpu")
@@ -109,6 +112,10 @@ def test_tiny_training_passes_the_source_everywhere(tmp_path, monkeypatch):
     assert len(prediction.boxes) == 2 and len(prediction.crops) == 2
     with pytest.raises(ValueError, match="source view"):
         predictor.predict(prepared.__class__(prepared.tensor, prepared.size))
+    _photo().save(tmp_path / "photo.png")
+    sources.clear()
+    assert main(["predict", "--checkpoint", str(result.run_dir / "last.pt"), str(tmp_path / "photo.png")]) == 0
+    assert sources == [(3, 64, 64)]  # racnn predict too
 
 
 def _predictor(source_size: int) -> Predictor:
