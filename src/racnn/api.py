@@ -9,7 +9,8 @@ bf16 weights where the device has fast bf16 kernels, else float32; channels-last
 
 Inputs are preprocessed exactly as in evaluation (``racnn.data.build_transforms("test", ...)``): the shorter side
 is resized to ``round(input_size * resize_ratio)``, the centre ``input_size`` square is cut out and normalised
-with the backbone's mean and std.
+with the backbone's mean and std. A model trained with ``data.source_size > 0`` also gets the same framing at
+``source_size`` from the photo's own pixels, which its zooms are sampled from (:class:`racnn.data.SourceViews`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from racnn.checkpoint import load_model
 from racnn.config import Config, resolve_device
 from racnn.crop import boxes_to_xyxy
 from racnn.data.io import check_image_size, load_image
-from racnn.data.transforms import build_transforms
+from racnn.data.transforms import SourceViews, build_transforms
 from racnn.heads import head_logits, model_answer
 from racnn.model import RACNN
 from racnn.precision import choose_precision, inference_input, prepare_for_inference
@@ -58,11 +59,14 @@ class PreparedImage:
         tensor: ``(3, S, S)`` normalised model input, S = ``input_size``.
         size: ``(width, height)`` of the original image, to map the boxes back to it.
         source: the file the image came from, or ``None``.
+        source_view: ``(3, M, M)``, the same framing at M = ``data.source_size``, normalised, for a model trained
+            with a source (its zooms are sampled from it); ``None`` for the others.
     """
 
     tensor: Tensor
     size: tuple[int, int]
     source: str | None = None
+    source_view: Tensor | None = None
 
 
 ImageInput = Image.Image | str | os.PathLike | Tensor | PreparedImage
@@ -179,10 +183,12 @@ class Predictor:
         self.mean, self.std = model_normalization(model)
         self.answer = model_answer(model)  # "fused", or "avg" where the fusion heads were never trained
         self.input_size = config.model.input_size
-        self.transform: v2.Compose = build_transforms(
-            "test", self.input_size, self.mean, self.std, resize_ratio=config.data.resize_ratio
+        self.source_size = config.data.source_size  # 0, or the side of the view the zooms are sampled from
+        self.transform: v2.Compose | SourceViews = build_transforms(
+            "test", self.input_size, self.mean, self.std, config.data.resize_ratio, source_size=self.source_size
         )
-        """Test-time preprocessing: PIL image, uint8 tensor or float tensor in [0, 1] -> ``(3, S, S)``."""
+        """Test-time preprocessing: PIL image, uint8 tensor or float tensor in [0, 1] -> ``(3, S, S)``, or the pair
+        ``((3, S, S), (3, M, M))`` with a source."""
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -198,7 +204,8 @@ class Predictor:
         """``(scale_x, scale_y, left, top)``: original pixel ``x = (x_input + left) * scale_x``, likewise y."""
         new_w, new_h = width, height
         left = top = 0.0
-        for step in self.transform.transforms:
+        geometry = self.transform.geometry if isinstance(self.transform, SourceViews) else self.transform
+        for step in geometry.transforms:
             if isinstance(step, v2.Resize):
                 short_target = step.size[0] if isinstance(step.size, (list, tuple)) else step.size
                 short, long = min(new_w, new_h), max(new_w, new_h)
@@ -211,7 +218,11 @@ class Predictor:
         return width / new_w, height / new_h, float(left), float(top)
 
     def to_original(self, boxes_xyxy: Tensor, image_size: tuple[int, int]) -> Tensor:
-        """Map ``(N, 4)`` pixel boxes of the model's input back to the original image of size ``(W, H)``."""
+        """Map ``(N, 4)`` pixel boxes of the preprocessing's crop back to the original image of size ``(W, H)``.
+
+        The crop is the model's input, or with a source (``data.source_size``) the source view, whose pixels the
+        geometry ran at: boxes in pixels of ``source_size``.
+        """
         sx, sy, left, top = self._geometry(*image_size)
         offset = boxes_xyxy.new_tensor([left, top, left, top])
         scale = boxes_xyxy.new_tensor([sx, sy, sx, sy])
@@ -270,6 +281,10 @@ class Predictor:
                 raise ValueError(
                     f"prepared image has shape {tuple(image.tensor.shape)}, this model takes (3, {side}, {side})"
                 )
+            view, size = image.source_view, self.source_size
+            if size and (view is None or tuple(view.shape) != (3, size, size)):
+                got = "none" if view is None else f"shape {tuple(view.shape)}"
+                raise ValueError(f"prepared image has source view {got}; this model zooms into (3, {size}, {size})")
             return image
         if isinstance(image, (str, os.PathLike)):
             source = str(Path(image))
@@ -277,9 +292,15 @@ class Predictor:
         if isinstance(image, Image.Image):
             check_image_size(image.width, image.height, source or "PIL image")
             image = image if image.mode == "RGB" else image.convert("RGB")
-            return PreparedImage(self.transform(image), image.size, source)
+            return self._prepared(self.transform(image), image.size, source)
         height, width = image.shape[-2:]
-        return PreparedImage(self.transform(image), (int(width), int(height)), source)
+        return self._prepared(self.transform(image), (int(width), int(height)), source)
+
+    @staticmethod
+    def _prepared(views: Tensor | tuple[Tensor, Tensor], size: tuple[int, int], source: str | None) -> PreparedImage:
+        if isinstance(views, tuple):  # a source view (data.source_size)
+            return PreparedImage(views[0], size, source, source_view=views[1])
+        return PreparedImage(views, size, source)
 
     @torch.no_grad()
     def predict(
@@ -314,8 +335,10 @@ class Predictor:
         predictions: list[Prediction] = []
         for start in range(0, len(singles), batch_size):  # load and preprocess one batch at a time
             chunk = [self._prepare(image) for image in singles[start : start + batch_size]]
-            batch = torch.stack([item.tensor for item in chunk]).to(self.device)  # (B, 3, S, S)
-            out = eval_forward(self.model, inference_input(batch, self.precision))
+            inputs = [torch.stack([item.tensor for item in chunk])]  # (B, 3, S, S)
+            if self.source_size:
+                inputs.append(torch.stack([item.source_view for item in chunk]))  # (B, 3, M, M)
+            out = eval_forward(self.model, *(inference_input(x.to(self.device), self.precision) for x in inputs))
             predictions += self._decode(out, chunk, k, return_crops)
         return predictions
 
@@ -333,9 +356,9 @@ class Predictor:
         fused_tops = {key: top(logits) for key, logits in out.fused.items()}
         if self.answer == "avg":
             fused_tops["avg"] = top(head_logits(out)["avg"])
-        side = self.input_size
+        side = self.source_size or self.input_size  # the side the preprocessing's geometry ran at
         boxes_norm = [b.float().cpu() for b in out.boxes_in_image]  # S-1 x (B, 3)
-        boxes_px = [boxes_to_xyxy(b, (side, side)) for b in boxes_norm]  # S-1 x (B, 4), model-input pixels
+        boxes_px = [boxes_to_xyxy(b, (side, side)) for b in boxes_norm]  # S-1 x (B, 4), pixels of the crop
 
         result = []
         for i, item in enumerate(chunk):

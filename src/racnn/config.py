@@ -76,6 +76,7 @@ class DataConfig:
     num_workers: int = 2
     resize_ratio: float = 512 / 448  # train/test resize the shorter side to input_size * resize_ratio
     hflip: bool = True
+    source_size: int = 0  # 0: off; > 0 (>= input_size): the zooms are sampled from the image at this side
     skip_bad_files: bool = False  # skip unreadable images (counted, one warning) instead of failing
     val_fraction: float = 0.1  # validation images carved from train, per class, where a layout has no val split
     split_seed: int = 0  # seed of that carving (not train.seed: runs of every seed are chosen on the same images)
@@ -276,6 +277,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.amp must be auto, none, bf16 or fp16, got '{t.amp}'")
     if not 0 < t.pretrain_side <= 1:
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
+    if 0 < cfg.data.source_size < m.input_size:
+        size = cfg.data.source_size
+        raise ConfigError(f"data.source_size must be 0 (off) or at least model.input_size ({m.input_size}), got {size}")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if t.eval_interval < -1:
@@ -311,6 +315,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "data.eval_batch_size": (1, 4096),
     "data.num_workers": (0, 256),
     "data.resize_ratio": (1.0, 8.0),
+    "data.source_size": (0, 4096),
     "data.synthetic_train": (1, 10_000_000),
     "data.synthetic_test": (1, 10_000_000),
     "data.synthetic_classes": (2, 12),

@@ -9,13 +9,22 @@ shorter side, so every box is square in pixels. Pixel corners are ``x1 = tx * W 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["AttentionCrop", "attention_crop", "boxes_to_xyxy", "compose_boxes", "xyxy_to_boxes"]
+__all__ = [
+    "AttentionCrop",
+    "antialiased_crop",
+    "attention_crop",
+    "boxes_to_xyxy",
+    "compose_boxes",
+    "image_pyramid",
+    "xyxy_to_boxes",
+]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -168,6 +177,73 @@ def attention_crop(images: Tensor, boxes: Tensor, out_size: int | Sequence[int],
     )  # (B, h, w, 2)
     sampled = F.grid_sample(images.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (sampled * mask).to(images.dtype)  # (B, C, h, w)
+
+
+def image_pyramid(images: Tensor, levels: int) -> list[Tensor]:
+    """``images`` and ``levels`` successive 2x reductions of it (2 x 2 average pooling), coarsest last.
+
+    An odd side rounds up (``(n + 1) // 2``, adaptive pooling with overlapping bins), so every level spans the
+    whole image: a normalised position means the same place at every level.
+
+    Args:
+        images: ``(B, C, H, W)`` images.
+        levels: number of reductions, at least 0.
+
+    Returns:
+        ``levels + 1`` tensors; level ``l`` is ``(B, C, ~H / 2^l, ~W / 2^l)``.
+    """
+    pyramid = [images]
+    for _ in range(levels):
+        height, width = pyramid[-1].shape[-2:]
+        pyramid.append(F.adaptive_avg_pool2d(pyramid[-1], ((height + 1) // 2, (width + 1) // 2)))
+    return pyramid
+
+
+def antialiased_crop(
+    images: Tensor, boxes: Tensor, out_size: int | Sequence[int], *, k: float = 10.0, k_side: float | None = None
+) -> Tensor:
+    """:func:`attention_crop` that does not alias where a box covers more image pixels than the output has.
+
+    A box whose side covers ``r = side / min(h, w)`` image pixels per output pixel with ``r > 1`` skips pixels
+    under plain bilinear sampling, and fine texture turns into false coarse patterns (moire). Here every box
+    is sampled from :func:`image_pyramid` at the fractional level ``t = clamp(log2 r, 0, L)``: bilinearly in
+    levels ``floor(t)`` and ``floor(t) + 1``, blended linearly in ``t`` (trilinear "mipmap" filtering), so
+    each output pixel averages about the image pixels it covers. ``L`` is the number of levels it takes to
+    bring the image's shorter side down to the output size. The blend keeps the result continuous and
+    differentiable in the box's side as well as its position; per sample, all batched (one crop per level).
+    Where ``r <= 1`` (the box magnifies) the result is :func:`attention_crop`'s exactly.
+
+    Args:
+        images: ``(B, C, H, W)`` floating-point images.
+        boxes: ``(B, 3)`` boxes ``(tx, ty, tl)``, normalised (see the module docstring).
+        out_size: output size, ``int`` or ``(h, w)``.
+        k: steepness of the boxcar mask's logistic, per pixel of an image whose shorter side is ``k_side``.
+        k_side: ``None`` for ``images``' own shorter side. A crop from a high-resolution copy of an image passes
+            the image's side, so its mask is the one :func:`attention_crop` gives on the image itself.
+
+    Returns:
+        ``(B, C, h, w)`` crops, in the dtype of ``images``.
+    """
+    out_h, out_w = _pair(out_size)
+    _check_boxes(boxes)
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be a floating-point (B, C, H, W) tensor, got {images.dtype} {images.shape}")
+    short = min(images.shape[-2:])
+    k_side = float(short if k_side is None else k_side)
+    out_short = min(out_h, out_w)
+    levels = max(0, math.ceil(math.log2(short / out_short))) if short > out_short else 0
+    if levels == 0:  # no box inside the image covers more pixels than the output has
+        return attention_crop(images, boxes, (out_h, out_w), k=k * (k_side / short))
+    dtype = torch.promote_types(torch.promote_types(images.dtype, boxes.dtype), torch.float32)
+    side = 2 * boxes[:, 2].to(device=images.device, dtype=dtype) * short  # (B,), image pixels
+    t = torch.log2(side.clamp(min=1e-6) / out_short).clamp(0, levels)  # (B,), the fractional level
+    out = None
+    for level, image in enumerate(image_pyramid(images, levels)):
+        weight = (1 - (t - level).abs()).clamp(min=0)  # (B,), a hat in t: the weights sum to 1 over the levels
+        crop = attention_crop(image, boxes, (out_h, out_w), k=k * (k_side / min(image.shape[-2:])))  # (B, C, h, w)
+        term = crop.to(dtype) * weight[:, None, None, None]
+        out = term if out is None else out + term
+    return out.to(images.dtype)  # (B, C, h, w)
 
 
 class AttentionCrop(nn.Module):

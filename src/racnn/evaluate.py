@@ -132,7 +132,8 @@ def main(args: argparse.Namespace) -> int:
         check_classes(args.checkpoint, class_names, dataset, cfg.data)
         log.info(printable(f"{source}: {precision.describe()}"))  # once the input is accepted
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
-        object_boxes = object_boxes_in_input(dataset, cfg.model.input_size, cfg.data.resize_ratio)
+        side = cfg.data.source_size or cfg.model.input_size  # the side the test geometry ran at
+        object_boxes = object_boxes_in_input(dataset, side, cfg.data.resize_ratio)
         trained = getattr(model, "trained_heads", None)
         head = args.head or answer_head(cfg.train.best_metric.split("_", 1)[-1], trained, cfg.model.num_scales)
         metrics = evaluate(

@@ -171,6 +171,12 @@ def main(args: argparse.Namespace) -> int:
         model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
+    if cfg.data.source_size:  # the traced graph takes one image tensor; this model's zooms read a second input
+        return fail(
+            "",
+            f"cannot export a model trained with data.source_size={cfg.data.source_size}: its zooms read a second, "
+            "high-resolution input and an export carries one; use racnn predict or racnn.load instead",
+        )
     try:
         code = _export(args, model, cfg, class_names, model_normalization(model))
     except OSError as e:  # the export could not be written (no permission, disk full); an earlier one is kept

@@ -2,7 +2,9 @@
 
 Scale 1 sees the image. The APN of scale s reads scale s's last conv map and proposes a square box in scale s's
 input; scale s + 1 sees that box, zoomed to ``zoom_size``. Every zoomed input is sampled from the original
-image with the box composed through the chain, so it is as sharp as the image allows.
+image with the box composed through the chain, so it is as sharp as the image allows. Given a ``source``, the
+same framing at a higher resolution, the zooms are sampled from it instead (without aliasing), so the finer
+scales see detail that scale 1's input cannot resolve.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from racnn.backbones import build_backbone, check_input_size
-from racnn.crop import attention_crop, compose_boxes
+from racnn.crop import antialiased_crop, attention_crop, compose_boxes
 from racnn.heads import fusion_name
 
 __all__ = ["APN", "RACNN", "RACNNOutput", "apn_boxes"]
@@ -87,7 +89,8 @@ class RACNNOutput:
         fused: ``"1+2"``, ``"1+2+3"``, ... -> ``(B, K)``, the fusion heads.
         boxes: S - 1 tensors ``(B, 3)``; box s in the coordinates of scale s's input.
         boxes_in_image: the same boxes composed into the coordinates of the image (scale 1's input).
-        crops: S inputs, ``crops[0]`` is the image, then ``(B, 3, zoom_size, zoom_size)``.
+        crops: S inputs, ``crops[0]`` is the image, then ``(B, 3, zoom_size, zoom_size)`` (from the source when
+            one was given).
         features: S pooled features ``(B, C)``.
         feature_maps: S last conv maps ``(B, C, h, w)``.
     """
@@ -99,6 +102,17 @@ class RACNNOutput:
     crops: list[Tensor]
     features: list[Tensor]
     feature_maps: list[Tensor]
+
+
+def _check_source(images: Tensor, source: Tensor) -> None:
+    """The source must be a batch of the same images, framed alike (the same aspect ratio, to a pixel)."""
+    if source.dim() != 4 or source.shape[:2] != images.shape[:2]:
+        raise ValueError(
+            f"source must have shape (B, C, M, N) like images {tuple(images.shape)}, got {tuple(source.shape)}"
+        )
+    (h, w), (m, n) = images.shape[-2:], source.shape[-2:]
+    if abs(m * w - n * h) >= max(w, n):
+        raise ValueError(f"source {m}x{n} is not framed like images {h}x{w} (another aspect ratio)")
 
 
 class RACNN(nn.Module):
@@ -192,8 +206,20 @@ class RACNN(nn.Module):
             backbone_kwargs=getattr(cfg, "backbone_kwargs", None),
         )
 
-    def forward(self, images: Tensor) -> RACNNOutput:
+    def forward(self, images: Tensor, source: Tensor | None = None) -> RACNNOutput:
+        """Run every scale.
+
+        Args:
+            images: ``(B, 3, H, W)`` scale 1's input.
+            source: ``None``, or ``(B, 3, M, N)``: the same framing as ``images`` at a higher resolution, e.g.
+                the photo at ``data.source_size``. The zooms are then sampled from it through the composed boxes
+                (normalised, so they mean the same place in both), with :func:`racnn.crop.antialiased_crop`
+                where a box covers more source pixels than ``zoom_size``; the mask keeps its steepness per pixel
+                of ``images``. Without it, every zoom is :func:`racnn.crop.attention_crop` of ``images``.
+        """
         image_size = (images.shape[-2], images.shape[-1])
+        if source is not None:
+            _check_source(images, source)
         crops, boxes, boxes_in_image = [images], [], []
         logits, features, feature_maps = [], [], []
         for s in range(self.num_scales):
@@ -205,7 +231,7 @@ class RACNN(nn.Module):
             if s + 1 < self.num_scales:
                 boxes.append(self.apns[s](feature_map))  # (B, 3), in crops[s]'s coordinates
                 boxes_in_image.append(compose_boxes(boxes, image_size)[-1])  # (B, 3)
-                crops.append(attention_crop(images, boxes_in_image[-1], self.zoom_size, k=self.mask_k))
+                crops.append(self._zoom(images, source, boxes_in_image[-1]))  # (B, 3, zoom_size, zoom_size)
 
         # L2-normalised as in the paper, times sqrt(C) so every component has unit RMS: the same directions, but
         # the fusion fc then trains at ordinary learning rates (unit-length 1280-d features need weights ~35x larger).
@@ -215,6 +241,12 @@ class RACNN(nn.Module):
             for n in range(2, self.num_scales + 1)
         }
         return RACNNOutput(logits, fused, boxes, boxes_in_image, crops, features, feature_maps)
+
+    def _zoom(self, images: Tensor, source: Tensor | None, boxes: Tensor) -> Tensor:
+        if source is None:
+            return attention_crop(images, boxes, self.zoom_size, k=self.mask_k)
+        k_side = min(images.shape[-2:])  # the mask as on scale 1's input, whatever the source's resolution
+        return antialiased_crop(source.to(images.dtype), boxes, self.zoom_size, k=self.mask_k, k_side=k_side)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """``"cls"``: backbones, classifiers and fusion heads; ``"apn"``: the APNs. Disjoint and complete."""

@@ -373,8 +373,8 @@ def _class_name(class_names: Sequence[str], index: int) -> str:
 
 
 @torch.no_grad()
-def eval_forward(model: nn.Module, images: Tensor) -> Any:
-    """Run ``model`` in eval mode under ``torch.no_grad``, then put every submodule back in the mode it was in.
+def eval_forward(model: nn.Module, *inputs: Tensor) -> Any:
+    """Run ``model(*inputs)`` in eval mode under ``torch.no_grad``, then put every submodule back in its mode.
 
     Restoring per module (not ``model.train(was_training)``) keeps modules that the training loop froze in
     eval mode, e.g. batch norm during the APN phase, frozen.
@@ -382,7 +382,7 @@ def eval_forward(model: nn.Module, images: Tensor) -> Any:
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return model(images)
+        return model(*inputs)
     finally:
         for module, training in modes:
             module.training = training
@@ -390,7 +390,7 @@ def eval_forward(model: nn.Module, images: Tensor) -> Any:
 
 def attention_rows(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | Sequence[Tensor],
     mean: Sequence[float],
     std: Sequence[float],
     class_names: Sequence[str],
@@ -404,11 +404,13 @@ def attention_rows(
     and the model's answer; every caption names a scale and its top-1, marked right or wrong when ``targets``
     are given. Heads no phase has trained (``model.trained_heads``) show no answer.
     """
-    images = images[:max_images]
+    device = next(model.parameters()).device
+    views = [images] if isinstance(images, Tensor) else list(images)  # the input, and the source where there is one
+    views = [view[:max_images].to(device) for view in views]
+    images = views[0]
     if images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"expected a non-empty (B, 3, S, S) batch, got shape {tuple(images.shape)}")
-    device = next(model.parameters()).device
-    out = eval_forward(model, images.to(device))
+    out = eval_forward(model, *views)
     num_scales = len(out.logits)
     trained = getattr(model, "trained_heads", None)
     answer = answer_head("fused", trained, num_scales)  # "avg" while the fusion heads are untrained
@@ -442,7 +444,7 @@ def attention_rows(
 
 def attention_grid(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | Sequence[Tensor],
     mean: Sequence[float],
     std: Sequence[float],
     class_names: Sequence[str],
@@ -458,7 +460,8 @@ def attention_grid(
 
     Args:
         model: an RA-CNN (``forward(images)`` returns logits, fused, boxes_in_image and crops per scale).
-        images: ``(B, 3, S, S)`` normalised inputs; only the first ``max_images`` are drawn.
+        images: ``(B, 3, S, S)`` normalised inputs, or a pair ``[inputs, sources]`` (``data.source_size``; the
+            zooms come from the sources); only the first ``max_images`` are drawn.
         mean: the normalisation mean (to display the images).
         std: the normalisation std.
         class_names: names for the class indices.

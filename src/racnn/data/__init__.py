@@ -24,7 +24,7 @@ from .io import (
 )
 from .registry import DATASETS, build_dataset, dataset_names, register_dataset
 from .synthetic import SyntheticFineGrained, SyntheticSample
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, to_tensor
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, SourceViews, build_transforms, denormalize, to_tensor
 
 __all__ = [
     "CUB200",
@@ -43,6 +43,7 @@ __all__ = [
     "ImageLoadError",
     "MissingExtraError",
     "SkippedImagesWarning",
+    "SourceViews",
     "StanfordCars",
     "StanfordDogs",
     "SyntheticFineGrained",

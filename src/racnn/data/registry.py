@@ -93,6 +93,7 @@ def _build_synthetic(
     image_size: int = 96,
     seed: int = 0,
     cache: bool = False,
+    detail_period: float = 0.0,
 ) -> SyntheticFineGrained:
     """The built-in synthetic set; ``num_samples`` defaults to 1000 for train and 500 otherwise."""
     if num_samples is None:
@@ -106,4 +107,5 @@ def _build_synthetic(
         transform=transform,
         cache=cache,
         root=None if root is None else str(root),
+        detail_period=detail_period,
     )

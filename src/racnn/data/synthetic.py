@@ -7,6 +7,10 @@ The class lives only in the head's pattern: stripes whose orientation (4 choices
 colours average to mid-grey, so the pattern washes out when the image is looked at coarsely (downsampled) and is
 clear once the object is cropped and zoomed, which is what RA-CNN's attention has to find.
 
+With ``detail_period`` the stripes get a fixed period in pixels of the rendered image instead. Rendered at a
+source resolution (``data.source_size``) with a period under 2 px of scale 1's input, the class is then beyond
+what scale 1's input can resolve at all: only zooms sampled from the source can read it.
+
 Every sample is generated from ``(seed, split, index)`` alone, so sample ``i`` is the same tensor in any access
 order, in any DataLoader worker, on any machine with the same numpy and torch.
 """
@@ -121,6 +125,8 @@ class SyntheticFineGrained(Dataset):
         transform: optional callable applied to the [0, 1] float image.
         cache: keep generated images in memory (uint8, ``3 * S * S`` bytes each).
         root: ignored; accepted so :func:`racnn.data.build_dataset` can pass it.
+        detail_period: 0 (the default): the stripe period is half the head radius, so it scales with ``S``;
+            otherwise the period in pixels of the rendered image, at least 2 (the finest the image can hold).
 
     Attributes:
         classes: class names such as ``"red-cyan vertical"``.
@@ -139,6 +145,7 @@ class SyntheticFineGrained(Dataset):
         transform: Callable[[Tensor], Any] | None = None,
         cache: bool = False,
         root: str | None = None,
+        detail_period: float = 0.0,
     ) -> None:
         if split not in _SPLIT_CODES:
             raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
@@ -146,6 +153,8 @@ class SyntheticFineGrained(Dataset):
             raise ValueError(f"num_classes must be between 2 and {MAX_CLASSES}, got {num_classes}")
         if not 32 <= image_size <= 4096:
             raise ValueError(f"image_size must be between 32 and 4096 pixels, got {image_size}")
+        if detail_period != 0 and not 2 <= detail_period <= image_size:
+            raise ValueError(f"detail_period must be 0 or 2 to image_size ({image_size}) pixels, got {detail_period}")
         if not 0 <= num_samples <= 10_000_000:  # its targets list is made up front
             raise ValueError(f"num_samples must be between 0 and 10,000,000, got {num_samples}")
         self.root = root
@@ -153,6 +162,7 @@ class SyntheticFineGrained(Dataset):
         self.num_samples = int(num_samples)
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
+        self.detail_period = float(detail_period)
         self.seed = int(seed)
         self.transform = transform
         self.cache = cache
@@ -256,7 +266,7 @@ class SyntheticFineGrained(Dataset):
         saturation = rng.uniform(0.7, 1.0)
         colour_a = 0.5 + saturation * (primary - 0.5)
         colour_b = 0.5 - saturation * (primary - 0.5)
-        period = 0.5 * r
+        period = self.detail_period or 0.5 * r
         phase = rng.uniform(0.0, 2.0 * math.pi)
 
         def stripes(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from racnn.config import Config, TrainConfig, resolve_device
 from racnn.precision import choose_precision
 from racnn.training.loaders import build_datasets, count_classes, make_eval_loader, make_train_loader
-from racnn.training.loop import StepContext, run_epoch
+from racnn.training.loop import StepContext, model_inputs, run_epoch
 from racnn.training.precision import autocast
 from racnn.training.run_files import seed_everything
 from racnn.training.schedule import build_optimizer, build_scheduler, steps_per_epoch
@@ -81,8 +81,8 @@ def train_baseline(cfg: Config, keep_probs: bool = False) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, phase, steps_per_epoch(loader, cfg.train)[1] * epochs)
     smoothing = cfg.train.label_smoothing
 
-    def losses(net, images, targets):
-        logits = net(images)
+    def losses(net, inputs, targets):
+        logits = net(inputs[0])  # scale 1's input; a source view (data.source_size) is not the baseline's
         return {"cls": F.cross_entropy(logits, targets, label_smoothing=smoothing)}, {"s1": logits}
 
     for epoch in range(epochs):
@@ -119,7 +119,7 @@ def _predict_probs(
     model.eval()
     probs, labels = [], []
     for images, targets, _ in loader:
-        images = images.to(device)
+        images = model_inputs(images)[0].to(device)
         if train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, train.amp):

@@ -4,8 +4,8 @@ Owns: :func:`evaluate` (every image once, summed over processes), the heads it r
 top-1/top-5 per head, the ranking loss, attention-box statistics against object boxes (side, centre inside,
 IoU), the confusion matrix and per-class accuracy, and the files they are written to (:func:`write_eval_files`).
 
-May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``
-and ``racnn.training.precision``. Nothing here trains.
+May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``,
+``racnn.training.precision`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing here trains.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from racnn.distributed import (
 from racnn.heads import head_logits, head_names
 from racnn.losses import ranking_losses
 from racnn.safety import spreadsheet_cell
+from racnn.training.loop import model_inputs
 from racnn.training.precision import autocast
 
 
@@ -74,7 +75,8 @@ def evaluate(
     Args:
         model: an RA-CNN; run in eval mode, each submodule's mode restored afterwards.
         loader: batches ``(images, targets)`` or ``(images, targets, dataset indices)`` (see
-            :func:`make_eval_loader`); the indices are needed for ``object_boxes``.
+            :func:`make_eval_loader`); the indices are needed for ``object_boxes``. ``images`` may be a pair
+            ``[inputs, sources]`` (``data.source_size``): the model then zooms into the sources.
         device: defaults to the model's.
         margin: the ranking-loss margin for ``rank_loss``.
         amp, channels_last: as in training (``train.amp``, ``train.channels_last``). A model whose weights were cast
@@ -108,11 +110,12 @@ def evaluate(
     model.eval()
     try:
         for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
-            images, targets = batch[0].to(device, dtype), batch[1].to(device)
+            inputs = tuple(view.to(device, dtype) for view in model_inputs(batch[0]))  # images, and the source
+            targets = batch[1].to(device)
             if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+                inputs = tuple(view.contiguous(memory_format=torch.channels_last) for view in inputs)
             with autocast(device, amp):
-                out = model(images)
+                out = model(*inputs)
             boxes = object_boxes[batch[2]].to(device) if object_boxes is not None and len(batch) > 2 else None
             _accumulate(sums, out, targets, margin, boxes)
     finally:

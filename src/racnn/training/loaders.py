@@ -126,7 +126,8 @@ def has_val_split(cfg: Config) -> bool:
 
 def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     """One split of ``cfg.data`` (``train``, ``val`` or ``test``) with the paper's transform for it (random crop +
-    flip for train, centre crop otherwise) at ``cfg.model.input_size``.
+    flip for train, centre crop otherwise) at ``cfg.model.input_size``. With ``data.source_size > 0`` an item's
+    image is a pair ``(input, source)`` (:class:`racnn.data.SourceViews`); batches then hold a list of the two.
 
     ``val`` is the layout's own validation split where it has one (FGVC-Aircraft and Flowers-102, then read with
     ``merge_val=False``; a folder with both ``val/`` and ``test/``; the synthetic set renders one of
@@ -139,7 +140,7 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
     d = cfg.data
-    transform = build_transforms(split, cfg.model.input_size, mean, std, d.resize_ratio, d.hflip)
+    transform = build_transforms(split, cfg.model.input_size, mean, std, d.resize_ratio, d.hflip, d.source_size)
     if split == "val" and not has_val_split(cfg):
         raise ConfigError(f"{d.dataset} has no validation split of its own and data.val_fraction is 0")
     if split == "test" or d.dataset == "synthetic":
@@ -155,7 +156,7 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
 
 
 def _layout_split(cfg: Config, split: str, transform, **extra) -> Dataset:
-    """The split as the layout defines it (the synthetic set rendered at the input size)."""
+    """The split as the layout defines it (the synthetic set rendered at the input size, or the source size)."""
     from racnn.data import build_dataset
 
     d = cfg.data
@@ -163,7 +164,7 @@ def _layout_split(cfg: Config, split: str, transform, **extra) -> Dataset:
     if d.dataset == "synthetic":
         counts = {"train": d.synthetic_train, "val": round(d.val_fraction * d.synthetic_train)}
         count = counts.get(split, d.synthetic_test)
-        options = {"num_classes": d.synthetic_classes, "image_size": cfg.model.input_size,
+        options = {"num_classes": d.synthetic_classes, "image_size": d.source_size or cfg.model.input_size,
                    "seed": d.synthetic_seed, "num_samples": count, **options}  # fmt: skip
     elif d.skip_bad_files:
         options["skip_bad_files"] = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -56,14 +56,27 @@ class StepContext:
     def autocast(self):
         return autocast(self.device, self.train.amp)
 
-    def to_device(self, images: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        images = images.to(self.device, non_blocking=True)
+    def to_device(self, images: Tensor | Sequence[Tensor], targets: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """A batch's images (a tensor, or ``[input, source]`` with ``data.source_size``) as the model's positional
+        inputs on the device, and its targets."""
+        inputs = tuple(view.to(self.device, non_blocking=True) for view in model_inputs(images))
         if self.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, targets.to(self.device, non_blocking=True)
+            inputs = tuple(view.contiguous(memory_format=torch.channels_last) for view in inputs)
+        return inputs, targets.to(self.device, non_blocking=True)
 
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[dict[str, Tensor], dict[str, Tensor]]]
+def model_inputs(images: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """``(images,)`` for a batch of plain images, ``(images, source)`` for a batch of
+    :class:`racnn.data.SourceViews` pairs: what ``RACNN.forward`` takes, in order."""
+    if isinstance(images, Tensor):
+        return (images,)
+    views = tuple(images)
+    if len(views) != 2 or not all(isinstance(view, Tensor) for view in views):
+        raise TypeError(f"a batch's images must be a tensor or a pair [input, source], got {len(views)} items")
+    return views
+
+
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], tuple[dict[str, Tensor], dict[str, Tensor]]]
 
 
 def run_epoch(
@@ -74,7 +87,8 @@ def run_epoch(
     ctx: StepContext,
     compute_losses: LossFn,
 ) -> dict[str, float]:
-    """One pass over ``loader``: ``compute_losses(net, images, targets) -> (named losses, named logits)``.
+    """One pass over ``loader``: ``compute_losses(net, inputs, targets) -> (named losses, named logits)``, where
+    ``inputs`` are the model's positional inputs (:func:`model_inputs`: the images, and the source if any).
 
     The named losses are summed and checked to be finite; the named logits give the running accuracies.
     Gradients are accumulated over ``train.grad_accum`` batches (the loss is divided accordingly).
@@ -95,18 +109,18 @@ def run_epoch(
     for i, (images, targets) in enumerate(loader):
         if i == batches:
             break
-        images, targets = ctx.to_device(images, targets)
+        inputs, targets = ctx.to_device(images, targets)
         step_now = (i + 1) % accum == 0 or i + 1 == batches
         with _no_sync(net, not step_now):
             with ctx.autocast():
-                losses, logits = compute_losses(net, images, targets)
+                losses, logits = compute_losses(net, inputs, targets)
             loss = sum(losses.values())
             values = _finite_values({"loss": loss, **losses}, f"{ctx.where}, step {i + 1}/{batches}")
             _backward(loss / accum, ctx.scaler)
         if step_now:
             _optimizer_step(optimizer, scheduler, ctx.scaler)
             steps += 1
-        n = images.shape[0]
+        n = targets.shape[0]
         images_seen += n
         for name, value in values.items():
             sums[name] += value * n

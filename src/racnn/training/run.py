@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from racnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from racnn.config import Config, ConfigError, config_to_dict, resolve_device
@@ -148,7 +149,7 @@ class _Run:
             if data is not None
         }
         self.object_boxes = {
-            split: object_boxes_in_input(data, cfg.model.input_size, cfg.data.resize_ratio)
+            split: object_boxes_in_input(data, cfg.data.source_size or cfg.model.input_size, cfg.data.resize_ratio)
             for split, data in self.eval_sets.items() if data is not None
         }  # fmt: skip
         self.schedule = expand_schedule(cfg.train)
@@ -252,11 +253,11 @@ class _Run:
         else:
             data = self.train_loader.dataset
             items = [data[(self.state["global_epoch"], i)] for i in range(min(len(data), count))]
-        images = torch.stack([item[0] for item in items])
+        images = default_collate([item[0] for item in items])  # a tensor, or [input, source] (data.source_size)
         ctx = StepContext(self.device, self.run_settings)
-        images, _ = ctx.to_device(images, torch.zeros(0))
+        inputs, _ = ctx.to_device(images, torch.zeros(0))
         with torch.no_grad(), ctx.autocast():
-            out = self.model(images)
+            out = self.model(*inputs)
         self.model.init_fusion_from_classifiers(out.features)
 
     def _restore(self, optimizer, scheduler) -> int:
@@ -366,7 +367,7 @@ class _Run:
         shown = self.val_set if self.val_set is not None else self.train_set
         count = min(8, len(shown))
         items = [shown[i] for i in range(count)]
-        images = torch.stack([item[0] for item in items]).to(self.device)
+        images = default_collate([item[0] for item in items])  # a tensor, or [input, source] (data.source_size)
         targets = [int(item[1]) for item in items]
         title = f"RA-CNN attention after round {round_index}"
         grid = attention_grid(self.model, images, self.mean, self.std, self.class_names, targets=targets, title=title)

@@ -40,8 +40,8 @@ def train_classification_epoch(
     prepare_phase(model, "cls")
     smoothing = ctx.train.label_smoothing
 
-    def losses(net, images, targets):
-        out = net(images)
+    def losses(net, inputs, targets):
+        out = net(*inputs)
         return classification_losses(out.logits, targets, label_smoothing=smoothing), _scale_logits(out)
 
     with crops_detached(model):
@@ -62,8 +62,8 @@ def train_apn_epoch(
     prepare_phase(model, "apn")
     margin, coarser_fixed = ctx.train.margin, ctx.train.rank_coarser == "fixed"
 
-    def losses(net, images, targets):
-        out = net(images)
+    def losses(net, inputs, targets):
+        out = net(*inputs)
         return ranking_losses(out.logits, targets, margin=margin, coarser_fixed=coarser_fixed), _scale_logits(out)
 
     return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
@@ -85,8 +85,8 @@ def pretrain_apn_epoch(
     prepare_phase(model, "apn_pretrain")
     side = ctx.train.pretrain_side
 
-    def losses(net, images, targets):
-        out = net(images)
+    def losses(net, inputs, targets):
+        out = net(*inputs)
         named = {}
         for s, boxes in enumerate(out.boxes):
             goal = apn_targets(out.feature_maps[s].detach().float(), side=side)
@@ -109,8 +109,8 @@ def train_fusion_epoch(
     prepare_phase(model, "fusion")
     smoothing = ctx.train.label_smoothing
 
-    def losses(net, images, targets):
-        out = net(images)
+    def losses(net, inputs, targets):
+        out = net(*inputs)
         named = {f"fuse{key}": F.cross_entropy(z, targets, label_smoothing=smoothing) for key, z in out.fused.items()}
         return named, dict(out.fused)
 
