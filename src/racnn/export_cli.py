@@ -33,7 +33,7 @@ from pathlib import Path
 from racnn.cli_errors import OutputError, fail, writable_folder
 from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size
 from racnn.config import ConfigError
-from racnn.safety import describe_os_error, printable, same_file
+from racnn.safety import describe_os_error, printable, same_file, share_like_open
 
 OPSET_HELP = 20  # racnn.export.DEFAULT_OPSET, written out so that --help needs no torch (a test keeps them equal)
 MIN_OPSET = 16  # the attention crop's GridSample
@@ -149,9 +149,7 @@ def _export_beside(out: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(name))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(name, 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's private 0600
+        share_like_open(name)  # the mode a plain open() gives, not mkstemp's private 0600
         os.replace(name, out)
     finally:
         Path(name).unlink(missing_ok=True)
