@@ -4,6 +4,8 @@ check names the output that is off; --no-check, and an ONNX export without onnxr
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -111,6 +113,16 @@ def test_cli_export_fails_above_tolerance(checkpoint, tmp_path, capsys):
     assert code == 1 and "FAILED" in stdout
     failed = [line for line in stdout.splitlines() if line.startswith("  FAILED ")]
     assert len(failed) == 6 and "logits[scale 2]: max abs error" in stdout and "<= -1 + 0 * |torch|" in stdout
+
+
+def test_cli_export_is_written_with_the_users_umask(checkpoint, tmp_path):
+    out = tmp_path / "racnn.pt"
+    old = os.umask(0o022)
+    try:
+        code = main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out)])
+    finally:
+        os.umask(old)
+    assert code == 0 and stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600
 
 
 def _outputs(scale: float = 1.0):
