@@ -11,7 +11,7 @@ import torch
 
 import racnn
 from racnn.config import load_config
-from racnn.heads import answer_head, head_names, heads_trained_by
+from racnn.heads import answer_head, head_names, heads_trained_by, is_trained
 from racnn.training import fit
 from test_checkpoint import CONFIG, TINY
 
@@ -68,3 +68,9 @@ def test_eval_marks_untrained_heads_and_reports_the_mean_instead(no_fusion_run, 
     out = capsys.readouterr().out
     assert "1+2+3" in out and "(never trained: not an answer)" in out
     assert json.loads((tmp_path / "metrics.json").read_text())["confusion_head"] == "avg"
+
+
+def test_is_trained_takes_an_unrecorded_list_as_all_heads():
+    assert is_trained("fused", None)  # a checkpoint from before racnn recorded its trained heads
+    assert is_trained("s1", ["s1", "avg"]) and not is_trained("fused", ["s1", "avg"])
+    assert not is_trained("s1", [])

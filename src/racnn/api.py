@@ -31,7 +31,7 @@ from racnn.config import Config, resolve_device
 from racnn.crop import boxes_to_xyxy
 from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import SourceViews, build_transforms
-from racnn.heads import head_logits, model_answer
+from racnn.heads import head_logits, is_trained, model_answer
 from racnn.model import RACNN
 from racnn.precision import choose_precision, inference_input, prepare_for_inference
 from racnn.visualize import Caption, answer_label, draw_attention, eval_forward, head_caption, tensor_to_pil
@@ -407,7 +407,7 @@ class Predictor:
         trained = getattr(self.model, "trained_heads", None)
 
         def caption(label: str, head: str, score: ClassScore) -> Caption:
-            if trained is not None and head not in trained:
+            if not is_trained(head, trained):
                 return head_caption(label, None)  # a head no phase trained: its answer is noise
             return head_caption(label, score.name, score.prob)
 

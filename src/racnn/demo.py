@@ -47,12 +47,13 @@ def accuracy_rows(
 ) -> list[tuple[str, float, float]]:
     """Rows ``(name, top-1 %, top-5 %)``: each scale, each fusion, the mean of the scales' probabilities, then the
     single-scale baseline; heads not in ``trained`` (None: all) are left out."""
+    from racnn.heads import is_trained
     from racnn.model import RACNN
 
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
     heads += [(f"fused {RACNN.fusion_name(n)}", RACNN.fusion_name(n)) for n in range(2, num_scales + 1)]
     heads.append(("mean of the scales", "avg"))
-    rows = [(name, metrics[f"top1_{h}"], metrics[f"top5_{h}"]) for name, h in heads if trained is None or h in trained]
+    rows = [(name, metrics[f"top1_{h}"], metrics[f"top5_{h}"]) for name, h in heads if is_trained(h, trained)]
     rows.append(("baseline (1 scale)", baseline["top1"], baseline["top5"]))
     return [(name, 100 * top1, 100 * top5) for name, top1, top5 in rows]
 

@@ -78,6 +78,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | None = None) -> str:
     """The per-scale table ``racnn eval`` prints (percentages); heads not in ``trained`` (None: all) are marked."""
+    from racnn.heads import is_trained
     from racnn.model import RACNN
 
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
@@ -86,7 +87,7 @@ def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | 
     lines = [f"{'head':<12} {'top-1 %':>8} {'top-5 %':>8}"]
     lines += [
         f"{name:<12} {100 * metrics[f'top1_{k}']:>8.2f} {100 * metrics[f'top5_{k}']:>8.2f}"
-        + ("  (never trained: not an answer)" if trained is not None and k not in trained else "")
+        + ("" if is_trained(k, trained) else "  (never trained: not an answer)")
         for name, k in heads
     ]
     lines.append(f"{metrics['n_images']} images; ranking loss {metrics['rank_loss']:.4f}")

@@ -18,7 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["answer_head", "fusion_name", "head_logits", "head_names", "heads_trained_by", "model_answer", "scale_heads"]
+__all__ = [
+    "answer_head",
+    "fusion_name",
+    "head_logits",
+    "head_names",
+    "heads_trained_by",
+    "is_trained",
+    "model_answer",
+    "scale_heads",
+]
 
 
 def fusion_name(n: int) -> str:
@@ -42,6 +51,11 @@ def heads_trained_by(kind: str, num_scales: int) -> list[str]:
     if kind == "fusion":
         return [fusion_name(n) for n in range(2, num_scales + 1)] + ["fused"]
     return []
+
+
+def is_trained(head: str, trained: Iterable[str] | None) -> bool:
+    """Whether ``head`` has been trained; ``trained`` None (a checkpoint from before racnn recorded it) means all."""
+    return trained is None or head in trained
 
 
 def answer_head(requested: str, trained: Iterable[str] | None, num_scales: int) -> str:

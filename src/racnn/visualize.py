@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from racnn.crop import boxes_to_xyxy
-from racnn.heads import answer_head, head_logits
+from racnn.heads import answer_head, head_logits, is_trained
 
 __all__ = [
     "GAP",
@@ -424,7 +424,7 @@ def attention_rows(
     true = [_class_name(class_names, int(t)) for t in targets] if targets is not None else None
 
     def caption(label: str, head: str, i: int) -> Caption:
-        if trained is not None and head not in trained:
+        if not is_trained(head, trained):
             return head_caption(label, None)
         p, k = probs[head][i].max(-1)
         return head_caption(label, _class_name(class_names, int(k)), float(p), true[i] if true else None)
