@@ -7,9 +7,12 @@ The class lives only in the head's pattern: stripes whose orientation (4 choices
 colours average to mid-grey, so the pattern washes out when the image is looked at coarsely (downsampled) and is
 clear once the object is cropped and zoomed, which is what RA-CNN's attention has to find.
 
-With ``detail_period`` the stripes get a fixed period in pixels of the rendered image instead. Rendered at a
-source resolution (``data.source_size``) with a period under 2 px of scale 1's input, the class is then beyond
-what scale 1's input can resolve at all: only zooms sampled from the source can read it.
+With ``detail_period`` (the "fine detail" mode) the stripes get a fixed period in pixels of the rendered image
+instead, and they are a light and a dark shade of one hue (red, green or blue) rather than a complementary pair:
+a coarse look at the head tells its hue, the family of 4 classes, and only the stripes' orientation tells the
+class within it. Rendered at a source resolution (``data.source_size``) with a period of at most 1 px of scale
+1's input, the orientation is beyond what scale 1's input can resolve at all: scale 1 can find the head by its
+hue and be right one time in four; only zooms sampled from the source can read the class.
 
 Every sample is generated from ``(seed, split, index)`` alone, so sample ``i`` is the same tensor in any access
 order, in any DataLoader worker, on any machine with the same numpy and torch.
@@ -33,6 +36,8 @@ _SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 _ORIENTATIONS = (("horizontal", 0.0), ("diagonal-down", 45.0), ("vertical", 90.0), ("diagonal-up", 135.0))
 # Complementary pairs: each pair averages to mid-grey, so the colours carry no class signal once blurred.
 _PAIRS = (("red-cyan", (1.0, 0.0, 0.0)), ("green-magenta", (0.0, 1.0, 0.0)), ("blue-yellow", (0.0, 0.0, 1.0)))
+# The fine-detail mode's hues: a light and a dark shade of each, so the head's mean colour tells the family.
+_HUES = (("red", (1.0, 0.0, 0.0)), ("green", (0.0, 1.0, 0.0)), ("blue", (0.0, 0.0, 1.0)))
 MAX_CLASSES = len(_ORIENTATIONS) * len(_PAIRS)
 
 
@@ -126,7 +131,8 @@ class SyntheticFineGrained(Dataset):
         cache: keep generated images in memory (uint8, ``3 * S * S`` bytes each).
         root: ignored; accepted so :func:`racnn.data.build_dataset` can pass it.
         detail_period: 0 (the default): the stripe period is half the head radius, so it scales with ``S``;
-            otherwise the period in pixels of the rendered image, at least 2 (the finest the image can hold).
+            otherwise the fine-detail mode (module docstring): the period in pixels of the rendered image, at
+            least 2 (the finest the image can hold), in shades of one hue.
 
     Attributes:
         classes: class names such as ``"red-cyan vertical"``.
@@ -167,7 +173,8 @@ class SyntheticFineGrained(Dataset):
         self.transform = transform
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
-        self.classes = [f"{_PAIRS[c // 4][0]} {_ORIENTATIONS[c % 4][0]}" for c in range(num_classes)]
+        colours = [hue for hue, _ in _HUES] if detail_period else [pair for pair, _ in _PAIRS]
+        self.classes = [f"{colours[c // 4]} {_ORIENTATIONS[c % 4][0]}" for c in range(num_classes)]
         self.targets = [i % num_classes for i in range(num_samples)]
         self._spread = _smooth_interpolation(image_size, 4)
 
@@ -264,8 +271,12 @@ class SyntheticFineGrained(Dataset):
         orientation = math.radians(_ORIENTATIONS[g.label % 4][1])
         primary = np.array(_PAIRS[g.label // 4][1], dtype=f32).reshape(3, 1, 1)
         saturation = rng.uniform(0.7, 1.0)
-        colour_a = 0.5 + saturation * (primary - 0.5)
-        colour_b = 0.5 - saturation * (primary - 0.5)
+        if self.detail_period:  # one hue, light and dark: the mean colour survives a coarse look, the stripes not
+            colour_a = 0.3 + 0.7 * saturation * primary
+            colour_b = 0.05 + 0.3 * saturation * primary
+        else:  # a complementary pair: mid-grey on average, the colour is gone as well once blurred
+            colour_a = 0.5 + saturation * (primary - 0.5)
+            colour_b = 0.5 - saturation * (primary - 0.5)
         period = self.detail_period or 0.5 * r
         phase = rng.uniform(0.0, 2.0 * math.pi)
 
