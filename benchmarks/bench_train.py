@@ -8,6 +8,11 @@ torch libraries included, not just tensors). Prints a markdown table.
 
   python benchmarks/bench_train.py                       # the paper config, about 6-8 minutes on 2 cores
   python benchmarks/bench_train.py --backbone tiny --input-size 96 --zoom-size 64 --steps 5 --classes 10
+  python benchmarks/bench_train.py --backbone tf_efficientnet_lite0 --input-size 112 --zoom-size 224 \
+      --source-size 199 --classes 50 --batch 16 --modes default   # zooms sampled from a 199 px source
+
+With ``--source-size M`` every step and inference also gets the same images at ``M`` px, which the zooms are
+sampled from (``data.source_size``; ``RACNN.forward(images, source)``): its cost in images/s and memory.
 
 Modes:
   fp32            eager float32 (the reference)
@@ -39,6 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="vgg19", help="backbone name (default: vgg19)")
     parser.add_argument("--input-size", type=int, default=448, help="scale-1 input side (default: 448)")
     parser.add_argument("--zoom-size", type=int, default=224, help="zoomed input side (default: 224)")
+    parser.add_argument("--source-size", type=int, default=0, help="side of a source view, 0: none (default: 0)")
     parser.add_argument("--scales", type=int, default=3, help="number of scales (default: 3)")
     parser.add_argument("--classes", type=int, default=200, help="number of classes (default: 200)")
     parser.add_argument("--batch", type=int, default=2, help="training batch (default: 2)")
@@ -59,6 +65,15 @@ def _model(args):
 
     torch.manual_seed(0)
     return RACNN(args.backbone, args.classes, args.scales, args.input_size, args.zoom_size)
+
+
+def _inputs(args, batch: int, dtype=None, channels_last: bool = False) -> list:
+    """The model's inputs: ``[images]``, or ``[images, source]`` with ``--source-size``."""
+    import torch
+
+    sides = [args.input_size] + ([args.source_size] if args.source_size else [])
+    views = [torch.randn(batch, 3, side, side, dtype=dtype) for side in sides]
+    return [v.contiguous(memory_format=torch.channels_last) for v in views] if channels_last else views
 
 
 def _switches(mode: str):
@@ -100,7 +115,8 @@ def run_train(args, mode: str) -> dict:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(prepare_phase(model, "cls"), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     net = torch.compile(model) if compile_ else None
-    images = torch.randn(args.batch, 3, args.input_size, args.input_size)
+    images = _inputs(args, args.batch)  # a batch's images: a tensor, or the pair [images, source]
+    images = images[0] if len(images) == 1 else images
     targets = torch.randint(0, args.classes, (args.batch,))
     ctx = StepContext(train=replace(TrainConfig(), amp=amp, channels_last=channels_last))
     start = time.perf_counter()
@@ -121,14 +137,14 @@ def run_infer_default(args) -> dict:
 
     chosen = _default_precision(TrainConfig(amp="auto", channels_last=True))  # the Predictor's defaults
     model = prepare_for_inference(_model(args), torch.device("cpu"), chosen)
-    image = torch.randn(1, 3, args.input_size, args.input_size)
+    inputs = [inference_input(view, chosen) for view in _inputs(args, 1)]
     with torch.no_grad():
         start = time.perf_counter()
-        eval_forward(model, inference_input(image, chosen))  # warm-up
+        eval_forward(model, *inputs)  # warm-up
         first = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(args.images):
-            out = eval_forward(model, inference_input(image, chosen))
+            out = eval_forward(model, *inputs)
         seconds = (time.perf_counter() - start) / args.images
     assert torch.isfinite(out.fused["+".join(str(s + 1) for s in range(args.scales))]).all()
     return {"seconds_per_image": seconds, "first_call_s": first, "precision": chosen.describe()}
@@ -146,17 +162,15 @@ def run_infer(args, mode: str) -> dict:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_ else model
-    image = torch.randn(1, 3, args.input_size, args.input_size, dtype=dtype)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
+    inputs = _inputs(args, 1, dtype, channels_last)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16")
     with torch.inference_mode(), autocast:
         start = time.perf_counter()
-        net(image)  # warm-up (and compilation)
+        net(*inputs)  # warm-up (and compilation)
         first = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(args.images):
-            out = net(image)
+            out = net(*inputs)
         seconds = (time.perf_counter() - start) / args.images
     assert torch.isfinite(out.fused["+".join(str(s + 1) for s in range(args.scales))]).all()
     return {"seconds_per_image": seconds, "first_call_s": first}
@@ -174,7 +188,8 @@ def worker(args) -> None:
 
 def _spawn(args, kind: str, mode: str) -> dict:
     argv = [sys.executable, __file__, "--worker", f"{kind}:{mode}"]
-    for name in ("backbone", "input_size", "zoom_size", "scales", "classes", "batch", "steps", "images", "threads"):
+    names = ("backbone", "input_size", "zoom_size", "source_size", "scales", "classes", "batch", "steps", "images")
+    for name in (*names, "threads"):
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     timeout = args.compile_timeout if mode.endswith("compile") else None
     try:
@@ -210,7 +225,8 @@ def main() -> None:
         print(f"{mode}: train {train} infer {infer}", file=sys.stderr, flush=True)
 
     print(
-        f"\n{args.scales} x {args.backbone}, {args.input_size} / {args.zoom_size} px, {args.classes} classes; "
+        f"\n{args.scales} x {args.backbone}, {args.input_size} / {args.zoom_size} px"
+        f"{f', zooms from a {args.source_size} px source' if args.source_size else ''}, {args.classes} classes; "
         f"train: batch {args.batch}, classification phase, {args.steps} timed steps; inference: batch 1, "
         f"{args.images} timed; torch {torch.__version__}, {args.threads} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}\n"
