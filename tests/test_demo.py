@@ -23,6 +23,9 @@ def test_demo_config_is_the_recipe_with_overrides():
     assert cfg.data.dataset == "synthetic" and cfg.model.num_scales == 3
     assert cfg.train.seed == 3 and cfg.train.name == "demo"
     assert cfg.data.synthetic_train == 240
+    # The fine-detail mode, rendered at 256 px: scale 1's 64 px input cannot resolve the fine stripes.
+    assert cfg.data.source_size == 256 and cfg.model.input_size == 64
+    assert cfg.data.source_size / cfg.model.input_size >= cfg.data.options["detail_period"]
 
 
 def test_accuracy_rows_and_table():

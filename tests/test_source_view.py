@@ -156,42 +156,43 @@ def test_export_refuses_a_model_with_a_source(tmp_path, capsys):
     assert len(errors) == 1 and "data.source_size=64" in errors[0]
 
 
-def _head_regions(dataset, side: int) -> list[torch.Tensor]:
-    """The middle of each sample's head disc, ``(3, h, w)``, with the image reduced to ``side`` as SourceViews
-    makes scale 1's input (antialiased bilinear)."""
+def _head_regions(dataset, side: int, inner: bool = True) -> list[torch.Tensor]:
+    """The middle of each sample's head disc (``inner``: a quarter of its radius; else the head's whole box),
+    ``(3, h, w)``, with the image reduced to ``side`` as SourceViews makes scale 1's input (antialiased)."""
     regions = []
     for i in range(len(dataset)):
         image = torch.nn.functional.interpolate(
             dataset.render(i)[None], size=side, mode="bilinear", antialias=True, align_corners=False
         )[0]
         x1, y1, x2, y2 = dataset.sample_info(i).detail_box
-        cx, cy, half = (x1 + x2) / 2 * side, (y1 + y2) / 2 * side, (x2 - x1) / 4 * side  # inner half of the disc
+        cx, cy, half = (x1 + x2) / 2 * side, (y1 + y2) / 2 * side, (x2 - x1) / (8 if inner else 2) * side
         regions.append(image[:, round(cy - half) : round(cy + half) + 1, round(cx - half) : round(cx + half) + 1])
     return regions
 
 
-def _head_spread(dataset, side: int) -> float:
-    """Mean over samples of the pixel std inside the middle of the head disc, reduced to ``side``."""
-    return float(torch.stack([r.flatten(1).std(1).mean() for r in _head_regions(dataset, side)]).mean())
+def _head_spread(dataset, side: int, inner: bool = True) -> float:
+    """Mean over samples of the pixel std inside the middle of the head disc (or its box), reduced to ``side``."""
+    return float(torch.stack([r.flatten(1).std(1).mean() for r in _head_regions(dataset, side, inner)]).mean())
 
 
 def test_synthetic_detail_period_hides_the_class_from_scale_1():
     from racnn.data import SyntheticFineGrained, build_dataset
 
-    default = SyntheticFineGrained(6, num_classes=4, image_size=192, seed=3)
-    fine = build_dataset("synthetic", None, "train", num_samples=6, num_classes=4, image_size=192, seed=3,
-                         detail_period=3)  # fmt: skip
-    assert fine.sample_info(2) == default.sample_info(2)  # only the stripes differ
-    # At the source's resolution the fine stripes are there; at a third of it (1 px a period) they are gone,
-    # while the default stripes (about 2.5 px a period there) survive.
-    assert _head_spread(fine, 192) > 0.08
-    assert _head_spread(fine, 64) < 0.1 * _head_spread(fine, 192)
-    assert _head_spread(default, 64) > 10 * _head_spread(fine, 64)
-    # The fine mode's stripes are shades of one hue, the family of four classes: a coarse look still tells it.
-    assert fine.classes == ["red horizontal", "red diagonal-down", "red vertical", "red diagonal-up"]
-    twelve = SyntheticFineGrained(24, num_classes=12, image_size=192, seed=3, detail_period=3)
-    head_colour = torch.stack([r.mean((1, 2)) for r in _head_regions(twelve, 64)])  # (N, 3)
-    labels = torch.tensor(twelve.targets)
-    assert torch.equal(head_colour.argmax(1), labels // 4)
+    # The demo's geometry: rendered at 256 px, fine stripes of 4 px, scale 1 at 64 px (1 px a period).
+    default = SyntheticFineGrained(6, num_classes=4, image_size=256, seed=3)
+    fine = build_dataset("synthetic", None, "train", num_samples=6, num_classes=4, image_size=256, seed=3,
+                         detail_period=4)  # fmt: skip
+    assert fine.sample_info(2) == default.sample_info(2)  # only the head's pattern differs
+    # In the head's middle the fine stripes are there at the source's resolution and gone at scale 1's, while
+    # the default stripes (about 2.5 px a period there) survive.
+    assert _head_spread(fine, 256) > 0.15
+    assert _head_spread(fine, 64) < 0.1 * _head_spread(fine, 256)
+    assert _head_spread(default, 64) > 5 * _head_spread(fine, 64)
+    # Around them the head keeps coarse stripes, which a coarse look still reads: they tell a pair of classes.
+    assert fine.classes == [
+        "red-cyan horizontal, diagonal-down fine", "red-cyan horizontal, diagonal-up fine",
+        "red-cyan vertical, diagonal-down fine", "red-cyan vertical, diagonal-up fine",
+    ]  # fmt: skip
+    assert _head_spread(fine, 64, inner=False) > 5 * _head_spread(fine, 64)
     with pytest.raises(ValueError, match="detail_period"):
         SyntheticFineGrained(4, image_size=64, detail_period=1)

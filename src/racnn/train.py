@@ -32,7 +32,8 @@ from racnn.config import Config, ConfigError, apply_overrides, config_to_dict, l
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE",
-        help="YAML config: a file, or a built-in recipe (synthetic_tiny, cpu_lite0_cub50, paper_vgg19_cub); "
+        help="YAML config: a file, or a built-in recipe (synthetic_tiny, synthetic_fine, cpu_lite0_cub50, "
+        "paper_vgg19_cub); "
         "keys left out keep their defaults (docs/TRAINING.md)",
     )  # fmt: skip
     parser.add_argument(

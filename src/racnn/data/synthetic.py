@@ -8,11 +8,11 @@ colours average to mid-grey, so the pattern washes out when the image is looked 
 clear once the object is cropped and zoomed, which is what RA-CNN's attention has to find.
 
 With ``detail_period`` (the "fine detail" mode) the stripes get a fixed period in pixels of the rendered image
-instead, and they are a light and a dark shade of one hue (red, green or blue) rather than a complementary pair:
-a coarse look at the head tells its hue, the family of 4 classes, and only the stripes' orientation tells the
-class within it. Rendered at a source resolution (``data.source_size``) with a period of at most 1 px of scale
-1's input, the orientation is beyond what scale 1's input can resolve at all: scale 1 can find the head by its
-hue and be right one time in four; only zooms sampled from the source can read the class.
+instead, and they are a light and a dark shade of one of 6 hues, horizontal or vertical (12 classes): a coarse
+look at the head tells its hue, a pair of classes, and only the stripes' orientation tells the class within it.
+Rendered at a source resolution (``data.source_size``) with a period of at most 1 px of scale 1's input, the
+orientation is beyond what scale 1's input can resolve at all: scale 1 can find the head by its hue and be right
+one time in two; only zooms sampled from the source can read the class.
 
 Every sample is generated from ``(seed, split, index)`` alone, so sample ``i`` is the same tensor in any access
 order, in any DataLoader worker, on any machine with the same numpy and torch.
@@ -36,8 +36,10 @@ _SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 _ORIENTATIONS = (("horizontal", 0.0), ("diagonal-down", 45.0), ("vertical", 90.0), ("diagonal-up", 135.0))
 # Complementary pairs: each pair averages to mid-grey, so the colours carry no class signal once blurred.
 _PAIRS = (("red-cyan", (1.0, 0.0, 0.0)), ("green-magenta", (0.0, 1.0, 0.0)), ("blue-yellow", (0.0, 0.0, 1.0)))
-# The fine-detail mode's hues: a light and a dark shade of each, so the head's mean colour tells the family.
-_HUES = (("red", (1.0, 0.0, 0.0)), ("green", (0.0, 1.0, 0.0)), ("blue", (0.0, 0.0, 1.0)))
+# The fine-detail mode: the head's coarse stripes (a colour pair, horizontal or vertical: 6 kinds) tell a pair of
+# classes; fine grey stripes in its middle, diagonal one way or the other, tell the class within the pair.
+_COARSE_ORIENTATIONS = (_ORIENTATIONS[0], _ORIENTATIONS[2])
+_FINE_ORIENTATIONS = (_ORIENTATIONS[1], _ORIENTATIONS[3])
 MAX_CLASSES = len(_ORIENTATIONS) * len(_PAIRS)
 
 
@@ -105,6 +107,21 @@ def _paint_ellipse(
     window += alpha * (paint - window)
 
 
+def _stripes(
+    cx: float, cy: float, degrees: float, period: float, phase: float, colour_a: np.ndarray, colour_b: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A colour function for :func:`_paint_ellipse`: stripes through ``(cx, cy)`` at ``degrees``, ``period`` px,
+    from ``colour_b`` to ``colour_a`` (``(3, 1, 1)``), anti-aliased to about 1 px."""
+    angle = math.radians(degrees)
+
+    def colour(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        across = (ys - cy) * math.cos(angle) - (xs - cx) * math.sin(angle)  # distance across the stripes
+        wave = np.clip(np.sin(2 * math.pi * across / period + phase) * period / math.pi, -1.0, 1.0)
+        return colour_b + (wave * 0.5 + 0.5) * (colour_a - colour_b)
+
+    return colour
+
+
 def _smooth_interpolation(size: int, knots: int) -> np.ndarray:
     """``(size, knots)`` row-normalised Gaussian weights that spread ``knots`` control values smoothly."""
     u = (np.arange(size) + 0.5) / size
@@ -123,7 +140,8 @@ class SyntheticFineGrained(Dataset):
     Args:
         num_samples: number of samples in this split.
         num_classes: number of classes, 2 to 12 (4 stripe orientations x 3 colour pairs; class ``c`` has
-            orientation ``c % 4`` and colour pair ``c // 4``).
+            orientation ``c % 4`` and colour pair ``c // 4``; with ``detail_period``, 2 orientations x 6 hues:
+            orientation ``c % 2``, hue ``c // 2``).
         image_size: side ``S`` of the square images in pixels (at least 32).
         seed: base seed; ``(seed, split, index)`` determines each sample.
         split: ``"train"``, ``"test"`` or ``"val"``; splits with the same seed are independent samples.
@@ -173,8 +191,13 @@ class SyntheticFineGrained(Dataset):
         self.transform = transform
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
-        colours = [hue for hue, _ in _HUES] if detail_period else [pair for pair, _ in _PAIRS]
-        self.classes = [f"{colours[c // 4]} {_ORIENTATIONS[c % 4][0]}" for c in range(num_classes)]
+        if detail_period:
+            self.classes = [
+                f"{_PAIRS[c // 4][0]} {_COARSE_ORIENTATIONS[c // 2 % 2][0]}, {_FINE_ORIENTATIONS[c % 2][0]} fine"
+                for c in range(num_classes)
+            ]
+        else:
+            self.classes = [f"{_PAIRS[c // 4][0]} {_ORIENTATIONS[c % 4][0]}" for c in range(num_classes)]
         self.targets = [i % num_classes for i in range(num_samples)]
         self._spread = _smooth_interpolation(image_size, 4)
 
@@ -268,25 +291,21 @@ class SyntheticFineGrained(Dataset):
 
         # Head: a disc of class-specific stripes (orientation and complementary colour pair).
         hx, hy, r = g.head_center[0], g.head_center[1], g.head_radius
-        orientation = math.radians(_ORIENTATIONS[g.label % 4][1])
+        fine = bool(self.detail_period)
+        degrees = (_COARSE_ORIENTATIONS[g.label // 2 % 2] if fine else _ORIENTATIONS[g.label % 4])[1]
         primary = np.array(_PAIRS[g.label // 4][1], dtype=f32).reshape(3, 1, 1)
         saturation = rng.uniform(0.7, 1.0)
-        if self.detail_period:  # one hue, light and dark: the mean colour survives a coarse look, the stripes not
-            colour_a = 0.3 + 0.7 * saturation * primary
-            colour_b = 0.05 + 0.3 * saturation * primary
-        else:  # a complementary pair: mid-grey on average, the colour is gone as well once blurred
-            colour_a = 0.5 + saturation * (primary - 0.5)
-            colour_b = 0.5 - saturation * (primary - 0.5)
-        period = self.detail_period or 0.5 * r
+        colour_a = 0.5 + saturation * (primary - 0.5)  # a complementary pair: mid-grey on average
+        colour_b = 0.5 - saturation * (primary - 0.5)
         phase = rng.uniform(0.0, 2.0 * math.pi)
-
-        def stripes(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-            # Distance across the stripes (along the normal of their direction), anti-aliased to about 1 px.
-            across = (ys - hy) * math.cos(orientation) - (xs - hx) * math.sin(orientation)
-            wave = np.clip(np.sin(2 * math.pi * across / period + phase) * period / math.pi, -1.0, 1.0)
-            return colour_b + (wave * 0.5 + 0.5) * (colour_a - colour_b)
-
-        _paint_ellipse(image, stripes, hx, hy, r, r, 0.0)
+        coarse = _stripes(hx, hy, degrees, 0.5 * r, phase, colour_a, colour_b)
+        _paint_ellipse(image, coarse, hx, hy, r, r, 0.0)
+        if fine:  # in its middle, fine grey stripes: the rest of the class, mid-grey once blurred
+            degrees = _FINE_ORIENTATIONS[g.label % 2][1]
+            grey = np.full((3, 1, 1), 0.5, dtype=f32)
+            light, dark = grey + 0.4 * saturation, grey - 0.4 * saturation
+            details = _stripes(hx, hy, degrees, self.detail_period, rng.uniform(0.0, 2.0 * math.pi), light, dark)
+            _paint_ellipse(image, details, hx, hy, 0.6 * r, 0.6 * r, 0.0)
 
         quantised = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)  # 8-bit, like a decoded photo
         if self.cache:
