@@ -97,8 +97,9 @@ def evaluate(
         pairs, mean over images); for the box that makes scale ``s`` (s >= 2): ``box_side_s<s>`` (side as a
         fraction of the scale-1 input side) and, when object boxes are known, ``box_in_object_s<s>`` (its centre
         lies in the object box) and ``box_iou_s<s>``, with ``n_object_boxes``; with several regions per scale
-        (``model.regions = R > 1``) each of these per region, ``box_side_s<s>_r<r>`` etc. Non-scalars: ``confusion_head``,
-        ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true class).
+        (``model.regions = R > 1``) each of these per region, ``box_side_s<s>_r<r>`` etc. Non-scalars:
+        ``confusion_head``, ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true
+        class).
     """
     from tqdm.auto import tqdm
 
