@@ -465,7 +465,7 @@ class Predictor:
         captions = [caption(f"scale {s + 1}", f"s{s + 1}", items[0]) for s, items in enumerate(prediction.scales)]
         panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
         return draw_attention(
-            image, panels.boxes, panels.crops, captions[:1] + panels.captions, panels.colors,
+            image, panels.boxes, panels.crops, captions[:1] + panels.captions, colors=panels.colors,
             title=f"{name} · {answer.text}", legend_labels=panels.legend, legend_colors=panels.legend_colors,
         )  # fmt: skip
 

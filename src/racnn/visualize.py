@@ -451,7 +451,7 @@ def attention_rows(
         panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
         captions = captions[:1] + panels.captions
         row = draw_attention(
-            picture, panels.boxes, panels.crops, captions, panels.colors, title=title, legend=False, min_panel=0
+            picture, panels.boxes, panels.crops, captions, colors=panels.colors, title=title, legend=False, min_panel=0
         )
         rows.append((row, attention_layout(picture.size, captions, title=title, min_panel=0)))
     return rows
