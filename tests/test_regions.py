@@ -25,6 +25,12 @@ from racnn.training.evaluation import _iou
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# A reduced two-region run of the two-details set: the synthetic_tiny recipe at 32 px, one epoch per phase.
+TWO_REGION_RUN = ["model.regions=2", "data.options.two_details=true", "model.input_size=32", "model.zoom_size=32",
+                  "model.apn_pool=2", "model.apn_hidden=16", "data.synthetic_train=24", "data.synthetic_test=8",
+                  "data.batch_size=8", "train.rounds=1", "train.warmup.epochs=1", "train.apn_pretrain.epochs=1",
+                  "train.cls.epochs=1", "train.apn.epochs=1", "train.fusion.epochs=1"]  # fmt: skip
+
 
 def _model(regions: int = 1, pool: str = "mean", scales: int = 3, seed: int = 0, **kw) -> RACNN:
     torch.manual_seed(seed)
@@ -244,10 +250,7 @@ def test_train_two_details_with_two_regions_then_eval_and_predict(tmp_path, caps
     from racnn.cli import main
     from racnn.config import RECIPES
 
-    settings = ["model.regions=2", "data.options.two_details=true", "model.input_size=32", "model.zoom_size=32",
-                "model.apn_pool=2", "model.apn_hidden=16", "data.synthetic_train=24", "data.synthetic_test=8",
-                "data.batch_size=8", "train.rounds=1", "train.warmup.epochs=1", "train.apn_pretrain.epochs=1",
-                "train.cls.epochs=1", "train.apn.epochs=1", "train.fusion.epochs=1"]  # fmt: skip
+    settings = TWO_REGION_RUN
     args = ["train", "--config", str(RECIPES / "synthetic_tiny.yaml"), "--output-dir", str(tmp_path)]
     assert main([*args, *(a for s in settings for a in ("--set", s))]) == 0
     run = tmp_path / "synthetic_tiny"
@@ -291,3 +294,34 @@ def test_ranking_loss_with_regions_reads_the_pooled_scale():
     assert {"rank1", "rank2", "overlap"} <= set(stats)
     assert not torch.equal(before, model.apns[0].fc2.bias)
     assert 0 < stats["overlap"] < 1  # weight 1 times a mean IoU of regions that start apart but not disjoint
+
+
+def test_resume_with_two_regions_gives_identical_weights(tmp_path, monkeypatch):
+    """Interrupted after APN pre-training and resumed, a two-region run ends with the weights of a straight run."""
+    from racnn import training
+    from racnn.checkpoint import load_checkpoint
+    from racnn.config import RECIPES
+    from racnn.training import run as training_run
+
+    settings = [*TWO_REGION_RUN, "train.visualize=false"]
+
+    def config(folder: str):
+        return load_config(RECIPES / "synthetic_tiny.yaml", [*settings, f"train.output_dir={tmp_path / folder}"])
+
+    straight = training.fit(config("a"))
+    real = training_run._Run._end_epoch
+
+    def end_epoch(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.state["global_epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_run._Run, "_end_epoch", end_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(config("b"))
+    monkeypatch.undo()
+    run = tmp_path / "b" / "synthetic_tiny"
+    resumed = training.fit(config("b"), resume=run)
+    a, b = (load_checkpoint(r / "last.pt")["model"] for r in (straight.run_dir, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics == straight.metrics and "box_iou_s2_r2" in resumed.metrics
