@@ -161,3 +161,41 @@ def test_zoomed_object_beats_the_coarse_image(one_thread):
     zoomed = _train_and_score(train[1], train[2], test[1], test[2], num_classes)
     assert zoomed >= 0.8, (coarse, zoomed)
     assert zoomed - coarse >= 0.15, (coarse, zoomed)
+
+
+def test_two_details_mode_splits_the_class_between_two_far_apart_discs():
+    dataset = SyntheticFineGrained(60, num_classes=12, image_size=64, seed=4, two_details=True)
+    default = SyntheticFineGrained(60, num_classes=12, image_size=64, seed=4)
+    assert dataset.classes[5] == "green-magenta tail, diagonal-down head"  # tail: colour pair c // 4; head: c % 4
+    assert torch.equal(dataset.render(3), SyntheticFineGrained(9, 12, 64, seed=4, two_details=True).render(3))
+    assert not torch.equal(dataset.render(3), default.render(3))
+    details = dataset.detail_boxes()
+    assert details.shape == (60, 2, 4) and default.detail_boxes().shape == (60, 4)
+    assert torch.equal(details[:, 0], torch.tensor([dataset.sample_info(i).detail_box for i in range(60)]))
+    centres = (details[..., :2] + details[..., 2:]) / 2  # (N, 2, 2)
+    objects = dataset.object_boxes()
+    assert ((details[..., :2] >= objects[:, None, :2] - 1e-6) & (details[..., 2:] <= objects[:, None, 2:] + 1e-6)).all()
+    # A square that holds both discs is at least this wide: far above an attention box of the recipe's 0.35.
+    both = (centres[:, 0] - centres[:, 1]).abs().amax(-1) + (details[:, 0, 2] - details[:, 0, 0])
+    assert both.min() > 0.35 and both.mean() > 0.5
+    # The head is black and white (no hue); the tail is its class's colour pair (saturated, one channel apart).
+    for i in range(12):
+        image = dataset.render(i)
+        head, tail = (_disc_pixels(image, box) for box in details[i])
+        assert (head.amax(0) - head.amin(0)).mean() < 0.1  # grey: channels equal
+        axis = torch.tensor(_PAIR_AXES[dataset.targets[i] // 4])
+        assert ((tail - tail.mean(1, keepdim=True)).T @ axis).abs().mean() > 0.2  # along the pair's colour axis
+    with pytest.raises(ValueError, match="two_details and detail_period are separate modes"):
+        SyntheticFineGrained(4, two_details=True, detail_period=2)
+    assert build_dataset("synthetic", None, "test", num_samples=4, two_details=True).two_details
+
+
+_PAIR_AXES = ((1.0, -0.5, -0.5), (-0.5, 1.0, -0.5), (-0.5, -0.5, 1.0))  # red-cyan, green-magenta, blue-yellow
+
+
+def _disc_pixels(image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """``(3, n)`` pixels well inside the disc of ``box`` (normalised xyxy)."""
+    size = image.shape[-1]
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    cx, cy, r = (box[0] + box[2]) / 2 * size, (box[1] + box[3]) / 2 * size, (box[2] - box[0]) / 2 * size
+    return image[:, (xs - cx) ** 2 + (ys - cy) ** 2 < (0.7 * r) ** 2]

@@ -28,12 +28,14 @@ CORE = [
     "precision",
     "backbones",
     "crop",
+    "regions",
     "model",
     "losses",
     "checkpoint",
     "distributed",
     "plots",
     "visualize",
+    "region_pictures",
 ]
 
 

@@ -34,7 +34,17 @@ from racnn.data.transforms import SourceViews, build_transforms
 from racnn.heads import head_logits, is_trained, model_answer
 from racnn.model import RACNN
 from racnn.precision import choose_precision, inference_input, prepare_for_inference
-from racnn.visualize import Caption, answer_label, draw_attention, eval_forward, head_caption, tensor_to_pil
+from racnn.region_pictures import region_panels
+from racnn.regions import as_regions, region_crops
+from racnn.visualize import (
+    SCALE_COLORS,
+    Caption,
+    answer_label,
+    draw_attention,
+    eval_forward,
+    head_caption,
+    tensor_to_pil,
+)
 
 __all__ = [
     "ClassScore",
@@ -111,6 +121,12 @@ class Prediction:
         boxes_normalized: the same boxes as ``(tx, ty, tl)`` in the normalised coordinates of the scale-1 input
             (the model's own ``boxes_in_image``).
         crops: the zoomed input of each zoomed scale as PIL images, when asked for (``return_crops=True``).
+        regions: R, the attention regions per zoomed scale (``model.regions``). With R > 1, ``boxes``,
+            ``boxes_normalized`` and ``crops`` hold region 1's (so code written for one region keeps working)
+            and the ``region_*`` fields hold every region's.
+        region_boxes: with R > 1, for each zoomed scale its R boxes, pixels of the original image; else None.
+        region_boxes_normalized: likewise as ``(tx, ty, tl)``; else None.
+        region_crops: with R > 1 and ``return_crops=True``, for each zoomed scale its R crops; else None.
     """
 
     source: str | None
@@ -121,6 +137,10 @@ class Prediction:
     boxes: list[tuple[float, float, float, float]]
     boxes_normalized: list[tuple[float, float, float]]
     crops: list[Image.Image] | None = field(default=None, repr=False, compare=False)
+    regions: int = 1
+    region_boxes: list[list[tuple[float, float, float, float]]] | None = None
+    region_boxes_normalized: list[list[tuple[float, float, float]]] | None = None
+    region_crops: list[list[Image.Image]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def topk(self) -> list[ClassScore]:
@@ -133,11 +153,22 @@ class Prediction:
         return self.topk[0]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (no crops). Scales are keyed ``"1"``, ``"2"``, ...; boxes by their scale."""
+        """Plain JSON-able form (no crops). Scales are keyed ``"1"``, ``"2"``, ...; boxes by their scale. With
+        several regions, also ``"regions"`` and ``"region_boxes"`` / ``"region_boxes_normalized"``: per scale, a
+        list of one box per region."""
 
         def scores(items: list[ClassScore]) -> list[dict[str, Any]]:
             return [c.to_dict() for c in items]
 
+        regions = {}
+        if self.regions > 1:
+            regions = {
+                "regions": self.regions,
+                "region_boxes": {str(s + 2): [list(b) for b in boxes] for s, boxes in enumerate(self.region_boxes)},
+                "region_boxes_normalized": {
+                    str(s + 2): [list(b) for b in boxes] for s, boxes in enumerate(self.region_boxes_normalized)
+                },
+            }
         return {
             "file": self.source,
             "image_size": list(self.image_size),
@@ -147,6 +178,7 @@ class Prediction:
             "fused": {key: scores(items) for key, items in self.fused.items()},
             "boxes": {str(s + 2): list(box) for s, box in enumerate(self.boxes)},
             "boxes_normalized": {str(s + 2): list(box) for s, box in enumerate(self.boxes_normalized)},
+            **regions,
         }
 
 
@@ -357,15 +389,24 @@ class Predictor:
         if self.answer == "avg":
             fused_tops["avg"] = top(head_logits(out)["avg"])
         side = self.source_size or self.input_size  # the side the preprocessing's geometry ran at
-        boxes_norm = [b.float().cpu() for b in out.boxes_in_image]  # S-1 x (B, 3)
-        boxes_px = [boxes_to_xyxy(b, (side, side)) for b in boxes_norm]  # S-1 x (B, 4), pixels of the crop
+        boxes_norm = [as_regions(b.float().cpu()) for b in out.boxes_in_image]  # S-1 x (B, R, 3)
+        regions = boxes_norm[0].shape[1] if boxes_norm else 1
+        # S-1 x (B R, 4), pixels of the crop
+        boxes_px = [boxes_to_xyxy(b.reshape(-1, 3), (side, side)) for b in boxes_norm]
 
         result = []
         for i, item in enumerate(chunk):
-            originals = self.to_original(torch.stack([b[i] for b in boxes_px]), item.size) if boxes_px else []
+            rows = slice(i * regions, (i + 1) * regions)
+            # (S-1, R, 4) in pixels of the original image
+            originals = self.to_original(torch.cat([b[rows] for b in boxes_px]), item.size).view(-1, regions, 4)
+            originals = [[tuple(box) for box in scale] for scale in originals.tolist()]
+            normalized = [[tuple(box) for box in b[i].tolist()] for b in boxes_norm]
             crops = None
             if return_crops:
-                crops = [tensor_to_pil(out.crops[s][i].float(), self.mean, self.std) for s in range(1, num_scales)]
+                crops = [
+                    [tensor_to_pil(c.float(), self.mean, self.std) for c in region_crops(out.crops[s])[i]]
+                    for s in range(1, num_scales)
+                ]
             result.append(
                 Prediction(
                     source=item.source,
@@ -373,9 +414,13 @@ class Predictor:
                     scales=[scores(p[i], ix[i]) for p, ix in scale_tops],
                     fused={key: scores(p[i], ix[i]) for key, (p, ix) in fused_tops.items()},
                     fused_key=fused_key(num_scales) if self.answer == "fused" else "avg",
-                    boxes=[tuple(b) for b in originals.tolist()] if boxes_px else [],
-                    boxes_normalized=[tuple(b[i].tolist()) for b in boxes_norm],
-                    crops=crops,
+                    boxes=[scale[0] for scale in originals],
+                    boxes_normalized=[scale[0] for scale in normalized],
+                    crops=[scale[0] for scale in crops] if crops is not None else None,
+                    regions=regions,
+                    region_boxes=originals if regions > 1 else None,
+                    region_boxes_normalized=normalized if regions > 1 else None,
+                    region_crops=crops if regions > 1 else None,
                 )
             )
         return result
@@ -394,16 +439,20 @@ class Predictor:
                 whose shorter side is below :data:`racnn.visualize.MIN_PANEL` is drawn upscaled to it.
 
         The title names the file (``prediction.source``) and the model's answer, a legend maps box colours to
-        scales, and each panel's caption gives its scale's top-1; heads no phase has trained show no answer.
+        scales (to regions for a model with several, :mod:`racnn.region_pictures`), and each scale's (first)
+        panel's caption gives its top-1; heads no phase has trained show no answer.
         Nothing is marked right or wrong: the true class is unknown here.
         """
         if prediction.crops is None:
             raise ValueError("this prediction has no crops; call predict(..., return_crops=True)")
-        boxes = prediction.boxes
+        if prediction.regions > 1 and prediction.region_crops is None:
+            raise ValueError("this prediction has no region crops; call predict(..., return_crops=True)")
+        boxes = prediction.region_boxes or [[box] for box in prediction.boxes]  # per scale, per region
+        crops = prediction.region_crops or [[crop] for crop in prediction.crops]
         if max_side is not None and max(image.size) > max_side:
             factor = max_side / max(image.size)
             image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))))
-            boxes = [tuple(v * factor for v in box) for box in boxes]
+            boxes = [[tuple(v * factor for v in box) for box in scale] for scale in boxes]
         trained = getattr(self.model, "trained_heads", None)
 
         def caption(label: str, head: str, score: ClassScore) -> Caption:
@@ -414,7 +463,11 @@ class Predictor:
         name = Path(prediction.source).name if prediction.source else "RA-CNN attention"
         answer = caption(answer_label(self.answer), self.answer, prediction.top)
         captions = [caption(f"scale {s + 1}", f"s{s + 1}", items[0]) for s, items in enumerate(prediction.scales)]
-        return draw_attention(image, boxes, prediction.crops, captions, title=f"{name} · {answer.text}")
+        panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
+        return draw_attention(
+            image, panels.boxes, panels.crops, captions[:1] + panels.captions, colors=panels.colors,
+            title=f"{name} · {answer.text}", legend_labels=panels.legend, legend_colors=panels.legend_colors,
+        )  # fmt: skip
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", amp: str = "auto") -> Predictor:

@@ -62,6 +62,8 @@ class ModelConfig:
     apn_hidden: int = 1024  # APN hidden width (authors' code: 1024)
     mask_k: float = 10.0  # steepness of the boxcar mask's logistic, per input pixel
     fixed_side: float = 0.0  # 0: the APNs learn their boxes; > 0: attention off, every box centred with this side
+    regions: int = 1  # attention regions per zoomed scale (1: the paper); racnn.regions
+    region_pool: str = "mean"  # a zoomed scale's feature from its regions': mean | max | concat (regions > 1)
 
 
 @dataclass
@@ -119,6 +121,7 @@ class TrainConfig:
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
     rank_coarser: str = "fixed"  # fixed: p_t(s) a constant target for p_t(s+1) | trained: the literal loss
     pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
+    region_overlap: float = 1.0  # APN phase, model.regions > 1: weight of the mean pairwise IoU of the regions
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
     best_metric: str = "top1_fused"  # the val metric best.pt follows: top1_fused | top1_s1 | top1_s2 | top1_avg ...
     eval_interval: int = 1  # validate every N epochs of a phase; 0: at each phase's end only; -1: at the run's end only
@@ -273,6 +276,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.min_side must be in (0, 1), got {m.min_side}")
     if m.input_size < 16 or m.zoom_size < 16:
         raise ConfigError(f"model.input_size and zoom_size must be at least 16, got {m.input_size}, {m.zoom_size}")
+    if m.region_pool not in ("mean", "max", "concat"):
+        raise ConfigError(f"model.region_pool must be mean, max or concat, got '{m.region_pool}'")
     if t.amp not in ("auto", "none", "bf16", "fp16"):
         raise ConfigError(f"train.amp must be auto, none, bf16 or fp16, got '{t.amp}'")
     if not 0 < t.pretrain_side <= 1:
@@ -311,6 +316,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "model.apn_pool": (1, 64),
     "model.apn_hidden": (1, 65_536),
     "model.mask_k": (1e-3, 1e3),
+    "model.regions": (1, 8),
     "data.batch_size": (1, 4096),
     "data.eval_batch_size": (1, 4096),
     "data.num_workers": (0, 256),
@@ -325,6 +331,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "train.grad_accum": (1, 4096),
     "train.label_smoothing": (0.0, 0.999),
     "train.margin": (0.0, 1.0),
+    "train.region_overlap": (0.0, 1e3),
     "train.max_steps_per_epoch": (0, 10**9),
     "train.eval_interval": (-1, 10**6),
     "train.rounds": (0, 1000),

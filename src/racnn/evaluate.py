@@ -92,15 +92,17 @@ def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | 
     ]
     lines.append(f"{metrics['n_images']} images; ranking loss {metrics['rank_loss']:.4f}")
     lines.append(f"{'attention':<12} {'side %':>8} {'on obj. %':>9} {'IoU':>6}")
-    for s in range(2, num_scales + 1):
-        side = f"{100 * metrics[f'box_side_s{s}']:>8.1f}"
-        if f"box_in_object_s{s}" in metrics:
+    # One row per zoomed scale, or per scale and region with model.regions > 1 (keys box_side_s2_r1, ...).
+    boxes = [key.removeprefix("box_side_") for key in metrics if key.startswith("box_side_s")]
+    for key in boxes:
+        side = f"{100 * metrics[f'box_side_{key}']:>8.1f}"
+        name = "box " + key.replace("_r", " r")
+        if f"box_in_object_{key}" in metrics:
             lines.append(
-                f"{'box s' + str(s):<12} {side} {100 * metrics[f'box_in_object_s{s}']:>9.1f}"
-                f" {metrics[f'box_iou_s{s}']:>6.3f}"
+                f"{name:<12} {side} {100 * metrics[f'box_in_object_{key}']:>9.1f} {metrics[f'box_iou_{key}']:>6.3f}"
             )
         else:
-            lines.append(f"{'box s' + str(s):<12} {side} {'-':>9} {'-':>6}")
+            lines.append(f"{name:<12} {side} {'-':>9} {'-':>6}")
     return "\n".join(lines)
 
 

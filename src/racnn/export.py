@@ -6,7 +6,8 @@ The exported graph takes one input and gives three outputs (B is dynamic, S scal
   images  (B, 3, N, N)  float32, normalised with the backbone's mean/std (N = model.input_size)
   probs   (B, K)        softmax of the all-scale fusion head: the overall prediction
   logits  (S, B, K)     each scale's own classifier logits, scale 1 first
-  boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates
+  boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates;
+                        (S-1, B, R, 3) for a model with R > 1 regions per scale (model.regions)
 
 A JSON sidecar <out>.json (:func:`write_sidecar`) holds the class names, input size, mean/std and the output
 names. :func:`verify_onnx` / :func:`verify_torchscript` run the export on a random batch and compare it with the
@@ -67,7 +68,7 @@ class ExportWrapper(nn.Module):
         all_scales = RACNN.fusion_name(len(out.logits))
         probs = out.fused[all_scales].softmax(-1)  # (B, K)
         logits = torch.stack(out.logits)  # (S, B, K)
-        boxes = torch.stack(out.boxes_in_image)  # (S-1, B, 3)
+        boxes = torch.stack(out.boxes_in_image)  # (S-1, B, 3), or (S-1, B, R, 3) with R regions
         return probs, logits, boxes
 
 
@@ -260,8 +261,12 @@ def write_sidecar(
     std: Sequence[float],
     num_scales: int,
     extra: dict[str, Any] | None = None,
+    regions: int = 1,
 ) -> Path:
-    """Write ``<path>.json`` (e.g. ``racnn.onnx.json``): what a consumer needs to feed and read the export."""
+    """Write ``<path>.json`` (e.g. ``racnn.onnx.json``): what a consumer needs to feed and read the export.
+
+    ``regions`` (``model.regions``) is written as ``"regions"``; with R > 1 the boxes' shape has its region axis.
+    """
     num_classes = len(class_names)
     meta = {
         "format": format,
@@ -270,6 +275,7 @@ def write_sidecar(
         "mean": list(mean),
         "std": list(std),
         "num_scales": num_scales,
+        "regions": regions,
         "fused_head": RACNN.fusion_name(num_scales),
         "input_name": INPUT_NAME,
         "input_shape": ["batch", 3, input_size, input_size],
@@ -277,7 +283,7 @@ def write_sidecar(
         "output_shapes": {
             "probs": ["batch", num_classes],
             "logits": [num_scales, "batch", num_classes],
-            "boxes": [num_scales - 1, "batch", 3],
+            "boxes": [num_scales - 1, "batch", 3] if regions == 1 else [num_scales - 1, "batch", regions, 3],
         },
         "preprocessing": "RGB in [0, 1], shorter side resized to round(input_size * resize_ratio), "
         "centre crop input_size, (x - mean) / std",

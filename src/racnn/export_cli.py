@@ -5,7 +5,8 @@ The exported graph takes one input and gives three outputs (B is dynamic, S scal
   images  (B, 3, N, N)  float32, normalised with the backbone's mean/std (N = model.input_size)
   probs   (B, K)        softmax of the all-scale fusion head: the overall prediction
   logits  (S, B, K)     each scale's own classifier logits, scale 1 first
-  boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates
+  boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates;
+                        (S-1, B, R, 3) for a model with R > 1 regions per scale (model.regions)
 
 A JSON sidecar <out>.json holds the class names, input size, mean/std and the output names. After writing,
 the export runs on a random batch of a different size than the one traced and is compared with the PyTorch
@@ -213,6 +214,7 @@ def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normal
         mean=mean,
         std=std,
         num_scales=cfg.model.num_scales,
+        regions=cfg.model.regions,
         extra={**extra, "resize_ratio": cfg.data.resize_ratio, "backbone": cfg.model.backbone},
     )
     print(printable(f"wrote {out} and {sidecar}"))

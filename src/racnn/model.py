@@ -5,6 +5,9 @@ input; scale s + 1 sees that box, zoomed to ``zoom_size``. Every zoomed input is
 image with the box composed through the chain, so it is as sharp as the image allows. Given a ``source``, the
 same framing at a higher resolution, the zooms are sampled from it instead (without aliasing), so the finer
 scales see detail that scale 1's input cannot resolve.
+
+With ``regions = K > 1`` the first APN proposes K boxes per image and every finer scale has K regions, run as one
+batch of B * K images (:mod:`racnn.regions` has the shapes and the pooling; docs/DESIGN.md the reasons).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 from racnn.backbones import build_backbone, check_input_size
 from racnn.crop import antialiased_crop, attention_crop, compose_boxes
 from racnn.heads import fusion_name
+from racnn.regions import MAX_REGIONS, REGION_POOLS, as_regions, initial_centres, pool_regions, pooled_width
 
 __all__ = ["APN", "RACNN", "RACNNOutput", "apn_boxes"]
 
@@ -50,49 +54,71 @@ class APN(nn.Module):
 
     Adaptive average pooling to ``pool x pool`` makes it independent of the input size; then
     fc -> tanh -> fc -> :func:`apn_boxes`. With ``fixed_side > 0`` the attention is off: every image gets the centred
-    box of that side (the "fixed zoom" control; the layers stay, so checkpoints keep their shape).
+    box of that side (the "fixed zoom" control; the layers stay, so checkpoints keep their shape). With
+    ``regions = K > 1`` the last fc gives ``3 K`` outputs: K boxes ``(B, K, 3)``, starting at
+    :func:`racnn.regions.initial_centres` (one box: ``(B, 3)``, as in the paper).
     """
 
     def __init__(
-        self, in_channels: int, pool: int = 7, hidden: int = 1024, min_side: float = 1 / 3, fixed_side: float = 0.0
+        self,
+        in_channels: int,
+        pool: int = 7,
+        hidden: int = 1024,
+        min_side: float = 1 / 3,
+        fixed_side: float = 0.0,
+        regions: int = 1,
     ) -> None:
         super().__init__()
         if not 0 < min_side <= 1:
             raise ValueError(f"min_side must be in (0, 1], got {min_side}")
         if not 0 <= fixed_side <= 1:
             raise ValueError(f"fixed_side must be 0 or in (0, 1], got {fixed_side}")
+        if not 1 <= regions <= MAX_REGIONS:
+            raise ValueError(f"regions must be 1 to {MAX_REGIONS}, got {regions}")
         self.min_side = float(min_side)
         self.fixed_side = float(fixed_side)
+        self.regions = int(regions)
         self.pool = nn.AdaptiveAvgPool2d(pool)
         self.fc1 = nn.Linear(in_channels * pool * pool, hidden)
-        self.fc2 = nn.Linear(hidden, 3)
+        self.fc2 = nn.Linear(hidden, 3 * regions)
         # The first box is centred with the middle side (all sigmoids at 1/2). Small random weights, not zeros,
         # so that fc1 gets a gradient from the first step.
         nn.init.normal_(self.fc2.weight, std=1e-3)
         nn.init.zeros_(self.fc2.bias)
+        if regions > 1:  # K boxes on one spot would stay together: start them apart
+            with torch.no_grad():
+                centres = torch.tensor(initial_centres(regions))  # (K, 2), the sigmoids' values
+                self.fc2.bias.view(regions, 3)[:, :2] = torch.logit(centres)
 
     def forward(self, feature_map: Tensor) -> Tensor:
+        batch = feature_map.shape[0]
         if self.fixed_side > 0:
             box = feature_map.new_tensor([0.5, 0.5, self.fixed_side / 2])
-            return box.expand(feature_map.shape[0], 3)  # (B, 3), no gradient to the APN
+            # (B, 3) or (B, K, 3), no gradient to the APN
+            return box.expand(batch, 3) if self.regions == 1 else box.expand(batch, self.regions, 3)
         x = self.pool(feature_map).flatten(1)  # (B, C * pool * pool)
-        raw = self.fc2(torch.tanh(self.fc1(x)))  # (B, 3)
-        return apn_boxes(raw, self.min_side)  # (B, 3)
+        raw = self.fc2(torch.tanh(self.fc1(x)))  # (B, 3 K)
+        if self.regions == 1:
+            return apn_boxes(raw, self.min_side)  # (B, 3)
+        return apn_boxes(raw.reshape(-1, 3), self.min_side).view(batch, self.regions, 3)  # (B, K, 3)
 
 
 @dataclass
 class RACNNOutput:
-    """What :meth:`RACNN.forward` returns; S is the number of scales.
+    """What :meth:`RACNN.forward` returns; S is the number of scales, N the number of classes and R the number of
+    attention regions per scale (``model.regions``). With R = 1 (the default) there is no region axis at all.
 
     Attributes:
-        logits: S tensors ``(B, K)``.
-        fused: ``"1+2"``, ``"1+2+3"``, ... -> ``(B, K)``, the fusion heads.
-        boxes: S - 1 tensors ``(B, 3)``; box s in the coordinates of scale s's input.
+        logits: S tensors ``(B, N)``.
+        fused: ``"1+2"``, ``"1+2+3"``, ... -> ``(B, N)``, the fusion heads.
+        boxes: S - 1 tensors ``(B, 3)``, or ``(B, R, 3)`` with R > 1; box s in the coordinates of scale s's input
+            (region r's own crop for s >= 2). :func:`racnn.regions.as_regions` views either as ``(B, R, 3)``.
         boxes_in_image: the same boxes composed into the coordinates of the image (scale 1's input).
-        crops: S inputs, ``crops[0]`` is the image, then ``(B, 3, zoom_size, zoom_size)`` (from the source when
-            one was given).
-        features: S pooled features ``(B, C)``.
-        feature_maps: S last conv maps ``(B, C, h, w)``.
+        crops: S inputs, ``crops[0]`` is the image, then ``(B, 3, zoom_size, zoom_size)``, or
+            ``(B, R, 3, zoom_size, zoom_size)`` with R > 1 (from the source when one was given).
+        features: S pooled features ``(B, C)``; with R > 1 a zoomed scale's is its regions' features pooled by
+            ``region_pool`` (``(B, R * C)`` for ``concat``).
+        feature_maps: S last conv maps ``(B, C, h, w)``, or ``(B, R, C, h, w)`` for a zoomed scale with R > 1.
     """
 
     logits: list[Tensor]
@@ -115,6 +141,11 @@ def _check_source(images: Tensor, source: Tensor) -> None:
         raise ValueError(f"source {m}x{n} is not framed like images {h}x{w} (another aspect ratio)")
 
 
+def _per_image(rows: Tensor, batch: int, regions: int) -> Tensor:
+    """``(B R, ...)`` rows, image-major, as ``(B, R, ...)`` (a view); unchanged with one region."""
+    return rows if regions == 1 else rows.unflatten(0, (batch, regions))
+
+
 class RACNN(nn.Module):
     """Recurrent attention CNN with ``num_scales`` scales.
 
@@ -132,6 +163,9 @@ class RACNN(nn.Module):
         pretrained: see :func:`racnn.backbones.build_backbone`; all scales start from the same weights.
         backbone_kwargs: keyword arguments for ``timm.create_model`` (``"timm:"`` backbones only), e.g.
             ``{"img_size": 448}``.
+        regions: attention regions per zoomed scale, 1 (the paper) to 8 (:mod:`racnn.regions`).
+        region_pool: how a zoomed scale's feature is made from its regions' (``mean``, ``max`` or ``concat``);
+            unused with one region.
 
     Raises:
         ValueError: for a backbone that cannot take ``input_size`` or ``zoom_size`` (checked by one forward on the
@@ -152,8 +186,12 @@ class RACNN(nn.Module):
         pretrained: str | None = None,
         fixed_side: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
+        regions: int = 1,
+        region_pool: str = "mean",
     ) -> None:
         super().__init__()
+        if region_pool not in REGION_POOLS:
+            raise ValueError(f"region_pool must be one of {', '.join(REGION_POOLS)}, got {region_pool!r}")
         if not 2 <= num_scales <= 4:
             raise ValueError(f"num_scales must be 2, 3 or 4, got {num_scales}")
         if num_classes < 1:
@@ -163,6 +201,8 @@ class RACNN(nn.Module):
         self.input_size = input_size
         self.zoom_size = zoom_size
         self.mask_k = float(mask_k)
+        self.regions = int(regions)
+        self.region_pool = region_pool
 
         first = build_backbone(backbone, pretrained, backbone_kwargs)
         sizes = {input_size: "model.input_size"}
@@ -173,14 +213,19 @@ class RACNN(nn.Module):
         channels = first.out_channels
         # Same initial weights at every scale, separate parameters.
         self.backbones = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(num_scales - 1)])
+        # The first APN proposes the K regions; each finer one proposes one box inside its own region.
         self.apns = nn.ModuleList(
-            [APN(channels, apn_pool, apn_hidden, min_side, fixed_side) for _ in range(num_scales - 1)]
+            [
+                APN(channels, apn_pool, apn_hidden, min_side, fixed_side, regions=regions if s == 0 else 1)
+                for s in range(num_scales - 1)
+            ]
         )
-        self.classifiers = nn.ModuleList([nn.Linear(channels, num_classes) for _ in range(num_scales)])
+        widths = [channels] + [pooled_width(channels, regions, region_pool)] * (num_scales - 1)
+        self.classifiers = nn.ModuleList([nn.Linear(width, num_classes) for width in widths])
         # The heads some phase has trained (racnn.heads): set by training and read from checkpoints; None: unknown.
         self.trained_heads: list[str] | None = None
         self.fusion = nn.ModuleDict(
-            {self.fusion_name(n): nn.Linear(n * channels, num_classes) for n in range(2, num_scales + 1)}
+            {self.fusion_name(n): nn.Linear(sum(widths[:n]), num_classes) for n in range(2, num_scales + 1)}
         )
 
     @staticmethod
@@ -204,6 +249,8 @@ class RACNN(nn.Module):
             pretrained=cfg.pretrained,
             fixed_side=getattr(cfg, "fixed_side", 0.0),
             backbone_kwargs=getattr(cfg, "backbone_kwargs", None),
+            regions=getattr(cfg, "regions", 1),
+            region_pool=getattr(cfg, "region_pool", "mean"),
         )
 
     def forward(self, images: Tensor, source: Tensor | None = None) -> RACNNOutput:
@@ -220,18 +267,29 @@ class RACNN(nn.Module):
         image_size = (images.shape[-2], images.shape[-1])
         if source is not None:
             _check_source(images, source)
+        batch, regions = images.shape[0], self.regions
+        rows, row_source = images, source  # what the zooms sample: with R > 1, every image R times (image-major)
+        if regions > 1:
+            rows = images.repeat_interleave(regions, dim=0)  # (B R, 3, H, W)
+            row_source = source.repeat_interleave(regions, dim=0) if source is not None else None
         crops, boxes, boxes_in_image = [images], [], []
+        inputs = [images]  # what each backbone reads: (B, 3, H, W), then (B R, 3, zoom_size, zoom_size)
         logits, features, feature_maps = [], [], []
         for s in range(self.num_scales):
-            feature_map = self.backbones[s](crops[s])  # (B, C, h, w)
-            pooled = feature_map.mean(dim=(2, 3))  # (B, C)
-            feature_maps.append(feature_map)
+            feature_map = self.backbones[s](inputs[s])  # (B, C, h, w) at s = 0, then (B R, C, h, w)
+            pooled = pool_regions(feature_map.mean(dim=(2, 3)), regions if s else 1, self.region_pool)  # (B, C')
+            feature_maps.append(_per_image(feature_map, batch, regions) if s else feature_map)
             features.append(pooled)
-            logits.append(self.classifiers[s](pooled))  # (B, K)
+            logits.append(self.classifiers[s](pooled))  # (B, N)
             if s + 1 < self.num_scales:
-                boxes.append(self.apns[s](feature_map))  # (B, 3), in crops[s]'s coordinates
-                boxes_in_image.append(compose_boxes(boxes, image_size)[-1])  # (B, 3)
-                crops.append(self._zoom(images, source, boxes_in_image[-1]))  # (B, 3, zoom_size, zoom_size)
+                box = self.apns[s](feature_map)  # (B, 3) / (B, R, 3) at s = 0, (B R, 3) after: in inputs[s]'s frame
+                boxes.append(_per_image(box, batch, regions) if s else box)
+                chain = [as_regions(b).reshape(-1, 3) for b in boxes]  # (B R, 3) each; (B, 3) with R = 1
+                composed = compose_boxes(chain, image_size)[-1]  # (B R, 3), in the image's coordinates
+                boxes_in_image.append(_per_image(composed, batch, regions))
+                zoomed = self._zoom(rows, row_source, composed)  # (B R, 3, zoom_size, zoom_size)
+                inputs.append(zoomed)
+                crops.append(_per_image(zoomed, batch, regions))
 
         # L2-normalised as in the paper, times sqrt(C) so every component has unit RMS: the same directions, but
         # the fusion fc then trains at ordinary learning rates (unit-length 1280-d features need weights ~35x larger).
@@ -266,10 +324,10 @@ class RACNN(nn.Module):
         ``sqrt(C) r_s``, closely for the others.
 
         Args:
-            features: one ``(B, C)`` batch of pooled features per scale (``RACNNOutput.features``).
+            features: one ``(B, C)`` batch of pooled features per scale (``RACNNOutput.features``; ``(B, R C)``
+                for a zoomed scale with ``region_pool="concat"``).
         """
-        channels = features[0].shape[1]
-        ratios = [f.float().norm(dim=1).mean() / channels**0.5 for f in features]
+        ratios = [f.float().norm(dim=1).mean() / f.shape[1] ** 0.5 for f in features]  # widths differ for concat
         for n in range(2, self.num_scales + 1):
             head = self.fusion[self.fusion_name(n)]
             blocks = [self.classifiers[s].weight * ratios[s] for s in range(n)]

@@ -77,7 +77,7 @@ def _named_outputs(outputs: Sequence[Tensor]) -> list[tuple[str, Tensor]]:
     probs, logits, boxes = outputs
     named = [("probs", probs)]
     named += [(f"logits[scale {s + 1}]", z) for s, z in enumerate(logits)]
-    named += [(f"boxes[scale {s + 2}]", b) for s, b in enumerate(boxes)]
+    named += [(f"boxes[scale {s + 2}]", b) for s, b in enumerate(boxes)]  # (B, 3), or (B, R, 3) with R regions
     return named
 
 

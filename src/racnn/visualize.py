@@ -22,9 +22,10 @@ Layout of :func:`draw_attention` (pixels; :func:`attention_layout` computes ever
 - a :class:`Caption` with ``correct`` set (the true class is known) gets a green check or a red cross and is
   written in that colour; plain strings and ``correct=None`` get no mark (``racnn predict`` has no label).
 
-Colour legend: scale 2 red ``(255, 0, 0)``, scale 3 green ``(0, 255, 0)``, scale 4 blue ``(0, 0, 255)``.
+Colour legend: scale 2 red ``(255, 0, 0)``, scale 3 green ``(0, 255, 0)``, scale 4 blue ``(0, 0, 255)``; with several
+regions per scale, one colour per region instead (:mod:`racnn.region_pictures`).
 
-May import: torch, PIL; racnn.crop and racnn.heads.
+May import: torch, PIL; racnn.crop, racnn.heads, racnn.regions and racnn.region_pictures.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
-from racnn.crop import boxes_to_xyxy
 from racnn.heads import answer_head, head_logits, is_trained
+from racnn.region_pictures import boxes_per_region, region_legend, region_panels
+from racnn.regions import region_crops
 
 __all__ = [
     "GAP",
@@ -134,13 +136,16 @@ def _caption_lines(caption: Caption, width: int, font: Font) -> list[str]:
     return wrap_text(caption.text, font, max(width - 2 * PAD - indent, 1))
 
 
-def _legend_rows(colors: Sequence[tuple[int, int, int]], width: int) -> list[list[tuple[int, str]]]:
-    """The legend's entries ``(scale index, text)`` flowed into rows that fit ``width``."""
+def _legend_rows(
+    colors: Sequence[tuple[int, int, int]], width: int, labels: Sequence[str] | None = None
+) -> list[list[tuple[int, str]]]:
+    """The legend's entries ``(colour index, text)`` flowed into rows that fit ``width``; the texts are ``labels``,
+    by default "scale s box"."""
     font = _font(FONT_SIZE)
     rows: list[list[tuple[int, str]]] = [[]]
     used = PAD
     for i in range(len(colors)):
-        text = f"scale {i + 2} box"
+        text = labels[i] if labels is not None else f"scale {i + 2} box"
         need = MARK + PAD + int(font.getlength(text)) + 3 * PAD
         if rows[-1] and used + need > width:
             rows.append([])
@@ -150,11 +155,11 @@ def _legend_rows(colors: Sequence[tuple[int, int, int]], width: int) -> list[lis
     return rows if rows[0] else []
 
 
-def _header_height(title: Caption | None, legend: Sequence[tuple[int, int, int]], width: int) -> int:
+def _header_height(title: Caption | None, legend: Sequence[tuple[int, int, int]], width: int, labels=None) -> int:
     if title is None and not legend:
         return 0
     lines = len(_caption_lines(title, width, _font(TITLE_FONT_SIZE))) if title is not None else 0
-    return 2 * PAD + lines * TITLE_LINE_HEIGHT + len(_legend_rows(legend, width)) * LINE_HEIGHT
+    return 2 * PAD + lines * TITLE_LINE_HEIGHT + len(_legend_rows(legend, width, labels)) * LINE_HEIGHT
 
 
 def _draw_mark(draw: ImageDraw.ImageDraw, x: int, y: int, correct: bool) -> None:
@@ -183,16 +188,14 @@ def _draw_text(
     return len(lines) * line_height
 
 
-def _draw_header(
-    canvas: Image.Image, title: Caption | None, legend: Sequence[tuple[int, int, int]], width: int
-) -> None:
+def _draw_header(canvas: Image.Image, title: Caption | None, legend: Sequence, width: int, labels=None) -> None:
     """The title and the legend of box colours, in the top ``_header_height`` px of ``canvas``."""
     draw = ImageDraw.Draw(canvas)
     y = PAD
     if title is not None:
         y += _draw_text(draw, (0, y), title, width, TITLE_FONT_SIZE, TITLE_LINE_HEIGHT)
     font = _font(FONT_SIZE)
-    for row in _legend_rows(legend, width):
+    for row in _legend_rows(legend, width, labels):
         x = PAD
         for i, text in row:
             top = y + (LINE_HEIGHT - MARK) // 2
@@ -238,6 +241,7 @@ def attention_layout(
     title: str | Caption | None = None,
     legend: Sequence[tuple[int, int, int]] = (),
     min_panel: int = MIN_PANEL,
+    legend_labels: Sequence[str] | None = None,
 ) -> AttentionLayout:
     """The layout of :func:`draw_attention` for an image of ``image_size`` with ``len(captions) - 1`` crops.
 
@@ -247,6 +251,7 @@ def attention_layout(
         title: the header's title, or None.
         legend: the box colours the legend lists (one per box), or empty for no legend.
         min_panel: the input panel's shorter side is upscaled to at least this (0: drawn at its own size).
+        legend_labels: the legend's texts, one per colour; None: "scale s box".
     """
     width, height = _panel_size(*image_size, min_panel)
     widths = [width] + [height] * (len(captions) - 1)
@@ -256,7 +261,7 @@ def attention_layout(
     total = lefts[-1] + widths[-1]
     font = _font(FONT_SIZE)
     lines = max(len(_caption_lines(_as_caption(c), w, font)) for c, w in zip(captions, widths, strict=True))
-    header = _header_height(_as_caption(title) if title is not None else None, legend, total)
+    header = _header_height(_as_caption(title) if title is not None else None, legend, total, legend_labels)
     top = header + 2 * PAD + lines * LINE_HEIGHT
     zoom = (width / image_size[0], height / image_size[1])
     return AttentionLayout((total, top + height), (width, height), zoom, header, top, tuple(lefts))
@@ -292,6 +297,8 @@ def draw_attention(
     title: str | Caption | None = None,
     legend: bool = True,
     min_panel: int = MIN_PANEL,
+    legend_labels: Sequence[str] | None = None,
+    legend_colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """Draw the nested attention boxes on ``image`` and put each scale's zoomed crop beside it.
 
@@ -306,6 +313,8 @@ def draw_attention(
         title: a headline over the picture (e.g. the file name and the answer), or None.
         legend: list the box colours ("scale 2 box", ...) under the title (when there are boxes).
         min_panel: the input panel's shorter side is upscaled to at least this many px (0: never).
+        legend_labels, legend_colors: what the legend lists instead of one "scale s box" per box colour (e.g.
+            one entry per region, :func:`racnn.region_pictures.region_panels`).
 
     Returns:
         An RGB image of size ``attention_layout(...).size``.
@@ -318,9 +327,11 @@ def draw_attention(
     if len(captions) != 1 + len(crops):
         raise ValueError(f"expected {1 + len(crops)} captions (input panel + one per crop), got {len(captions)}")
 
-    shown = colors[: len(boxes_xyxy)] if legend else []
+    shown = (list(legend_colors) if legend_colors is not None else colors[: len(boxes_xyxy)]) if legend else []
     title = _as_caption(title) if title is not None else None
-    layout = attention_layout(image.size, captions, title=title, legend=shown, min_panel=min_panel)
+    layout = attention_layout(
+        image.size, captions, title=title, legend=shown, min_panel=min_panel, legend_labels=legend_labels
+    )
     width, height = layout.panel
     image = image.convert("RGB")  # a copy: the caller's image is left alone
     if (width, height) != image.size:
@@ -335,7 +346,7 @@ def draw_attention(
         draw.rectangle((x1 - half, y1 - half, x2 + half, y2 + half), outline=tuple(color), width=LINE_WIDTH)
 
     canvas = Image.new("RGB", layout.size, BACKGROUND)
-    _draw_header(canvas, title, shown, layout.size[0])
+    _draw_header(canvas, title, shown, layout.size[0], legend_labels)
     text = ImageDraw.Draw(canvas)
     panel_widths = [width] + [height] * len(crops)
     for left, caption, w in zip(layout.lefts, captions, panel_widths, strict=True):
@@ -420,7 +431,7 @@ def attention_rows(
 
     heads = head_logits(out)
     probs = {h: heads[h].softmax(-1).cpu() for h in [*(f"s{s + 1}" for s in range(num_scales)), answer]}
-    boxes_px = [boxes_to_xyxy(b.float().cpu(), (side, side)) * zoom for b in out.boxes_in_image]  # S-1 x (B, 4)
+    boxes_px = [b * zoom for b in boxes_per_region(out.boxes_in_image, (side, side))]  # S-1 x (B, R, 4)
     true = [_class_name(class_names, int(t)) for t in targets] if targets is not None else None
 
     def caption(label: str, head: str, i: int) -> Caption:
@@ -435,9 +446,13 @@ def attention_rows(
         answered = caption(answer_label(answer), answer, i)
         title = Caption(f"{i + 1}. " + (f"true: {true[i]} · " if true else "") + answered.text, answered.correct)
         captions = [caption(f"scale {s + 1}", f"s{s + 1}", i) for s in range(num_scales)]
-        crops = [tensor_to_pil(out.crops[s][i], mean, std) for s in range(1, num_scales)]
-        boxes = [tuple(b[i].tolist()) for b in boxes_px]
-        row = draw_attention(picture, boxes, crops, captions, title=title, legend=False, min_panel=0)
+        crops = [[tensor_to_pil(c, mean, std) for c in region_crops(out.crops[s])[i]] for s in range(1, num_scales)]
+        boxes = [[tuple(box) for box in b[i].tolist()] for b in boxes_px]
+        panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
+        captions = captions[:1] + panels.captions
+        row = draw_attention(
+            picture, panels.boxes, panels.crops, captions, colors=panels.colors, title=title, legend=False, min_panel=0
+        )
         rows.append((row, attention_layout(picture.size, captions, title=title, min_panel=0)))
     return rows
 
@@ -476,10 +491,11 @@ def attention_grid(
     """
     rows = [row for row, _ in attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size)]
     width = max(r.width for r in rows)
-    legend = SCALE_COLORS[: getattr(model, "num_scales", len(SCALE_COLORS) + 1) - 1]
-    header = _header_height(Caption(title), legend, width)
+    scale_colors = SCALE_COLORS[: getattr(model, "num_scales", len(SCALE_COLORS) + 1) - 1]
+    legend, labels = region_legend(getattr(model, "regions", 1), scale_colors)  # by scale, or one colour per region
+    header = _header_height(Caption(title), legend, width, labels)
     grid = Image.new("RGB", (width, header + sum(r.height for r in rows) + ROW_GAP * (len(rows) - 1)), BACKGROUND)
-    _draw_header(grid, Caption(title), legend, width)
+    _draw_header(grid, Caption(title), legend, width, labels)
     draw = ImageDraw.Draw(grid)
     y = header
     for i, row in enumerate(rows):

@@ -192,5 +192,5 @@ class InferenceQueue:
             self.largest_batch = max(self.largest_batch, len(batch))
             for job, prediction in zip(batch, predictions, strict=True):
                 if not job.crops:
-                    prediction.crops = None
+                    prediction.crops = prediction.region_crops = None
                 job.future.set_result(prediction)

@@ -94,6 +94,7 @@ def _build_synthetic(
     seed: int = 0,
     cache: bool = False,
     detail_period: float = 0.0,
+    two_details: bool = False,
 ) -> SyntheticFineGrained:
     """The built-in synthetic set; ``num_samples`` defaults to 1000 for train and 500 otherwise."""
     if num_samples is None:
@@ -108,4 +109,5 @@ def _build_synthetic(
         cache=cache,
         root=None if root is None else str(root),
         detail_period=detail_period,
+        two_details=two_details,
     )

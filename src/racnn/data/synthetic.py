@@ -7,12 +7,19 @@ The class lives only in the head's pattern: stripes whose orientation (4 choices
 colours average to mid-grey, so the pattern washes out when the image is looked at coarsely (downsampled) and is
 clear once the object is cropped and zoomed, which is what RA-CNN's attention has to find.
 
-With ``detail_period`` (the "fine detail" mode) the stripes get a fixed period in pixels of the rendered image
-instead, and they are a light and a dark shade of one of 6 hues, horizontal or vertical (12 classes): a coarse
-look at the head tells its hue, a pair of classes, and only the stripes' orientation tells the class within it.
-Rendered at a source resolution (``data.source_size``) with a period of at most 1 px of scale 1's input, the
-orientation is beyond what scale 1's input can resolve at all: scale 1 can find the head by its hue and be right
-one time in two; only zooms sampled from the source can read the class.
+With ``detail_period`` (the "fine detail" mode) the head keeps coarse stripes, horizontal or vertical, in its
+colour pair, and its middle holds fine grey stripes, diagonal one way or the other, ``detail_period`` pixels a
+period in the rendered image: class = (colour pair, coarse orientation, fine orientation). Rendered at a source
+resolution (``data.source_size``) with a fine period of at most 1 px of scale 1's input, scale 1 can read the
+coarse stripes (a pair of classes, and a reason to find the head) but not the fine ones, which only zooms
+sampled from the source can read: a one-network baseline at scale 1's size is right about half the time.
+
+With ``two_details`` (the "two details" mode, issue #12) the body is longer and carries a second disc, a "tail", at
+its other end: the class is (stripe orientation of the head) x (colour pair of the tail). The head's stripes are
+black and white, the tail is concentric rings in its colour pair (no orientation), so each detail alone tells only
+part of the class and the two cannot be mistaken for each other. The two discs'
+centres lie about 0.4 of the image side apart, so a box that holds both at once zooms little; an attention
+region of the usual side sees one of them.
 
 Every sample is generated from ``(seed, split, index)`` alone, so sample ``i`` is the same tensor in any access
 order, in any DataLoader worker, on any machine with the same numpy and torch.
@@ -56,6 +63,7 @@ class SyntheticSample:
         object_box: tight box around the whole object (body and head).
         detail_box: tight box around the class-specific head.
         detail_area: area of the head disc as a fraction of the image area.
+        tail_box: in the two-details mode, the tight box around the tail (the second detail); else None.
     """
 
     index: int
@@ -63,6 +71,7 @@ class SyntheticSample:
     object_box: tuple[float, float, float, float]
     detail_box: tuple[float, float, float, float]
     detail_area: float
+    tail_box: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class _Geometry:
     head_center: tuple[float, float]
     head_radius: float
     object_box: tuple[float, float, float, float]  # pixels
+    tail_center: tuple[float, float] | None = None  # the two-details mode's second disc (same radius)
 
 
 def _paint_ellipse(
@@ -122,6 +132,12 @@ def _stripes(
     return colour
 
 
+def _disc_box(centre: tuple[float, float], radius: float, size: float) -> tuple[float, float, float, float]:
+    """The normalised ``(x1, y1, x2, y2)`` box around a disc given in pixels."""
+    x, y = centre
+    return ((x - radius) / size, (y - radius) / size, (x + radius) / size, (y + radius) / size)
+
+
 def _smooth_interpolation(size: int, knots: int) -> np.ndarray:
     """``(size, knots)`` row-normalised Gaussian weights that spread ``knots`` control values smoothly."""
     u = (np.arange(size) + 0.5) / size
@@ -151,6 +167,8 @@ class SyntheticFineGrained(Dataset):
         detail_period: 0 (the default): the stripe period is half the head radius, so it scales with ``S``;
             otherwise the fine-detail mode (module docstring): the period in pixels of the rendered image, at
             least 2 (the finest the image can hold), in shades of one hue.
+        two_details: the two-details mode (module docstring): class ``c`` has head orientation ``c % 4`` and
+            tail colour pair ``c // 4``. Not with ``detail_period``.
 
     Attributes:
         classes: class names such as ``"red-cyan vertical"``.
@@ -170,6 +188,7 @@ class SyntheticFineGrained(Dataset):
         cache: bool = False,
         root: str | None = None,
         detail_period: float = 0.0,
+        two_details: bool = False,
     ) -> None:
         if split not in _SPLIT_CODES:
             raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
@@ -179,6 +198,8 @@ class SyntheticFineGrained(Dataset):
             raise ValueError(f"image_size must be between 32 and 4096 pixels, got {image_size}")
         if detail_period != 0 and not 2 <= detail_period <= image_size:
             raise ValueError(f"detail_period must be 0 or 2 to image_size ({image_size}) pixels, got {detail_period}")
+        if two_details and detail_period:
+            raise ValueError("two_details and detail_period are separate modes; set one of them")
         if not 0 <= num_samples <= 10_000_000:  # its targets list is made up front
             raise ValueError(f"num_samples must be between 0 and 10,000,000, got {num_samples}")
         self.root = root
@@ -187,11 +208,14 @@ class SyntheticFineGrained(Dataset):
         self.num_classes = int(num_classes)
         self.image_size = int(image_size)
         self.detail_period = float(detail_period)
+        self.two_details = bool(two_details)
         self.seed = int(seed)
         self.transform = transform
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
-        if detail_period:
+        if two_details:
+            self.classes = [f"{_PAIRS[c // 4][0]} tail, {_ORIENTATIONS[c % 4][0]} head" for c in range(num_classes)]
+        elif detail_period:
             self.classes = [
                 f"{_PAIRS[c // 4][0]} {_COARSE_ORIENTATIONS[c // 2 % 2][0]}, {_FINE_ORIENTATIONS[c % 2][0]} fine"
                 for c in range(num_classes)
@@ -220,6 +244,8 @@ class SyntheticFineGrained(Dataset):
         radius = rng.uniform(0.07, 0.09) * s  # head: 1.5 % to 2.5 % of the image area
         a = radius * rng.uniform(1.9, 2.3)
         b = a * rng.uniform(0.55, 0.7)
+        if self.two_details:  # a longer, slimmer body: its two ends about 0.4 S apart
+            a, b = a * 1.4, b * 0.8
         angle = rng.uniform(0.0, 2.0 * math.pi)
         cos, sin = math.cos(angle), math.sin(angle)
         head = (0.85 * a * cos, 0.85 * a * sin)  # head centre relative to the body centre
@@ -227,6 +253,9 @@ class SyntheticFineGrained(Dataset):
         ex, ey = math.hypot((a + 1) * cos, (b + 1) * sin), math.hypot((a + 1) * sin, (b + 1) * cos)
         x1, x2 = min(-ex, head[0] - radius), max(ex, head[0] + radius)
         y1, y2 = min(-ey, head[1] - radius), max(ey, head[1] + radius)
+        if self.two_details:  # the tail mirrors the head through the body centre
+            x1, x2 = min(x1, -head[0] - radius), max(x2, -head[0] + radius)
+            y1, y2 = min(y1, -head[1] - radius), max(y2, -head[1] + radius)
         cx = rng.uniform(1.0 - x1, s - 1.0 - x2)
         cy = rng.uniform(1.0 - y1, s - 1.0 - y2)
         return _Geometry(
@@ -237,6 +266,7 @@ class SyntheticFineGrained(Dataset):
             head_center=(cx + head[0], cy + head[1]),
             head_radius=radius,
             object_box=(cx + x1, cy + y1, cx + x2, cy + y2),
+            tail_center=(cx - head[0], cy - head[1]) if self.two_details else None,
         )
 
     def sample_info(self, index: int) -> SyntheticSample:
@@ -250,6 +280,7 @@ class SyntheticFineGrained(Dataset):
             object_box=tuple(v / s for v in g.object_box),
             detail_box=((hx - r) / s, (hy - r) / s, (hx + r) / s, (hy + r) / s),
             detail_area=math.pi * r * r / (s * s),
+            tail_box=None if g.tail_center is None else _disc_box(g.tail_center, r, s),
         )
 
     def object_boxes(self) -> Tensor:
@@ -257,7 +288,11 @@ class SyntheticFineGrained(Dataset):
         return torch.tensor([self.sample_info(i).object_box for i in range(len(self))]).view(-1, 4)
 
     def detail_boxes(self) -> Tensor:
-        """Detail (head) boxes of all samples, ``(N, 4)`` normalised ``(x1, y1, x2, y2)``."""
+        """Detail boxes of all samples, normalised ``(x1, y1, x2, y2)``: ``(N, 4)`` (the head), or in the
+        two-details mode ``(N, 2, 4)`` (the head, then the tail)."""
+        if self.two_details:
+            infos = [self.sample_info(i) for i in range(len(self))]
+            return torch.tensor([[info.detail_box, info.tail_box] for info in infos]).view(-1, 2, 4)
         return torch.tensor([self.sample_info(i).detail_box for i in range(len(self))]).view(-1, 4)
 
     def render(self, index: int) -> Tensor:
@@ -298,8 +333,10 @@ class SyntheticFineGrained(Dataset):
         colour_a = 0.5 + saturation * (primary - 0.5)  # a complementary pair: mid-grey on average
         colour_b = 0.5 - saturation * (primary - 0.5)
         phase = rng.uniform(0.0, 2.0 * math.pi)
-        coarse = _stripes(hx, hy, degrees, 0.5 * r, phase, colour_a, colour_b)
-        _paint_ellipse(image, coarse, hx, hy, r, r, 0.0)
+        if g.tail_center is not None:  # the head in a random pair and the tail, from draws after the default's
+            self._paint_two_details(image, g, rng)
+        else:
+            _paint_ellipse(image, _stripes(hx, hy, degrees, 0.5 * r, phase, colour_a, colour_b), hx, hy, r, r, 0.0)
         if fine:  # in its middle, fine grey stripes: the rest of the class, mid-grey once blurred
             degrees = _FINE_ORIENTATIONS[g.label % 2][1]
             grey = np.full((3, 1, 1), 0.5, dtype=f32)
@@ -311,6 +348,29 @@ class SyntheticFineGrained(Dataset):
         if self.cache:
             self._cache[index] = quantised
         return torch.from_numpy(quantised.astype(f32) / f32(255))
+
+    def _paint_two_details(self, image: np.ndarray, g: _Geometry, rng: np.random.Generator) -> None:
+        """The two-details mode's discs: the head's stripes in the class's orientation, in black and white (no
+        colour); the tail's concentric rings in the class's colour pair (no orientation). Both average to grey."""
+        f32 = np.float32
+        saturations, phases = rng.uniform(0.7, 1.0, size=2), rng.uniform(0.0, 2.0 * math.pi, size=2)
+        r, period = g.head_radius, 0.5 * g.head_radius
+        grey = np.ones((3, 1, 1), dtype=f32)
+        primary = np.array(_PAIRS[g.label // 4][1], dtype=f32).reshape(3, 1, 1)
+        orientation = math.radians(_ORIENTATIONS[g.label % 4][1])
+        discs = ((g.head_center, grey, True), (g.tail_center, primary, False))
+        for ((x, y), colour, striped), saturation, phase in zip(discs, saturations, phases, strict=True):
+            colour_a, colour_b = 0.5 + saturation * (colour - 0.5), 0.5 - saturation * (colour - 0.5)
+
+            def pattern(xs, ys, x=x, y=y, striped=striped, phase=phase, colour_a=colour_a, colour_b=colour_b):
+                if striped:  # distance across the stripes
+                    across = (ys - y) * math.cos(orientation) - (xs - x) * math.sin(orientation)
+                else:  # distance from the centre: rings
+                    across = np.sqrt((xs - x) ** 2 + (ys - y) ** 2)
+                wave = np.clip(np.sin(2 * math.pi * across / period + phase) * period / math.pi, -1.0, 1.0)
+                return colour_b + (wave * 0.5 + 0.5) * (colour_a - colour_b)
+
+            _paint_ellipse(image, pattern, x, y, r, r, 0.0)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image = self.render(index)

@@ -5,7 +5,8 @@ top-1/top-5 per head, the ranking loss, attention-box statistics against object 
 IoU), the confusion matrix and per-class accuracy, and the files they are written to (:func:`write_eval_files`).
 
 May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``,
-``racnn.training.precision`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing here trains.
+``racnn.training.precision``, ``racnn.regions`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing
+here trains.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from racnn.distributed import (
 )
 from racnn.heads import head_logits, head_names
 from racnn.losses import ranking_losses
+from racnn.regions import as_regions
 from racnn.safety import spreadsheet_cell
 from racnn.training.loop import model_inputs
 from racnn.training.precision import autocast
@@ -37,7 +39,7 @@ class _EvalSums:
 
     heads: list[str]
     num_classes: int
-    num_boxes: int
+    num_boxes: int  # zoomed scales x regions
     confusion_head: str
     device: torch.device
     topk: Tensor = None  # (H, 2) top-1 / top-5 hits per head
@@ -94,8 +96,10 @@ def evaluate(
         fusion heads ``1+2``, ``1+2+3``..., ``fused`` (= all scales) and ``avg``; ``rank_loss`` (sum over scale
         pairs, mean over images); for the box that makes scale ``s`` (s >= 2): ``box_side_s<s>`` (side as a
         fraction of the scale-1 input side) and, when object boxes are known, ``box_in_object_s<s>`` (its centre
-        lies in the object box) and ``box_iou_s<s>``, with ``n_object_boxes``. Non-scalars: ``confusion_head``,
-        ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true class).
+        lies in the object box) and ``box_iou_s<s>``, with ``n_object_boxes``; with several regions per scale
+        (``model.regions = R > 1``) each of these per region, ``box_side_s<s>_r<r>`` etc. Non-scalars:
+        ``confusion_head``, ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true
+        class).
     """
     from tqdm.auto import tqdm
 
@@ -104,7 +108,8 @@ def evaluate(
     if confusion_head not in heads:
         raise ValueError(f"confusion_head must be one of {heads}, got {confusion_head!r}")
     # Made before the loop, so a process whose shard is empty still takes part in the all-reduce.
-    sums = _EvalSums(heads, model.num_classes, model.num_scales - 1, confusion_head, device)
+    regions = getattr(model, "regions", 1)
+    sums = _EvalSums(heads, model.num_classes, (model.num_scales - 1) * regions, confusion_head, device)
     dtype = next(model.parameters()).dtype  # float32, or bf16 / fp16 for weights cast for inference
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -124,7 +129,7 @@ def evaluate(
     sums.all_reduce()
     if sums.scalars[0] == 0:
         raise ValueError("evaluate() got an empty loader")
-    metrics = _finalize(sums, object_boxes is not None)
+    metrics = _finalize(sums, object_boxes is not None, regions)
     if out_dir is not None and _is_main():
         write_eval_files(metrics, out_dir, class_names)
     return metrics
@@ -143,8 +148,9 @@ def _accumulate(sums: _EvalSums, out, targets: Tensor, margin: float, object_box
     rank = ranking_losses([z.float() for z in out.logits], targets, margin=margin)
     sums.scalars[0] += n
     sums.scalars[1] += sum(rank.values()) * n
-    for s, box in enumerate(out.boxes_in_image):
-        box = box.float()
+    per_region = [region for boxes in out.boxes_in_image for region in as_regions(boxes).unbind(1)]  # scale-major
+    for s, box in enumerate(per_region):
+        box = box.float()  # (B, 3)
         base = 2 + 4 * s
         sums.scalars[base] += (2 * box[:, 2]).sum()  # side = 2 tl, in units of the (square) input side
         if object_boxes is None:
@@ -167,7 +173,7 @@ def _iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area - inter).clamp(min=1e-12)
 
 
-def _finalize(sums: _EvalSums, with_objects: bool) -> dict[str, Any]:
+def _finalize(sums: _EvalSums, with_objects: bool, regions: int = 1) -> dict[str, Any]:
     n = sums.scalars[0].item()
     metrics: dict[str, Any] = {"n_images": int(n)}
     for h, name in enumerate(sums.heads):
@@ -175,7 +181,7 @@ def _finalize(sums: _EvalSums, with_objects: bool) -> dict[str, Any]:
         metrics[f"top5_{name}"] = sums.topk[h, 1].item() / n
     metrics["rank_loss"] = sums.scalars[1].item() / n
     for s in range(sums.num_boxes):
-        base, key = 2 + 4 * s, f"s{s + 2}"
+        base, key = 2 + 4 * s, f"s{s // regions + 2}" + (f"_r{s % regions + 1}" if regions > 1 else "")
         metrics[f"box_side_{key}"] = sums.scalars[base].item() / n
         known = sums.scalars[base + 1].item()
         if with_objects and known > 0:

@@ -3,7 +3,7 @@
 Owns: the classification epoch (warm-up and ``cls``), APN pre-training, the ranking-loss APN epoch and the fusion
 epoch (METHOD §4), and :data:`EPOCH_FUNCTIONS`, the table from a phase's kind to its epoch.
 
-May import: ``racnn.losses``, ``racnn.training.loop`` and ``racnn.training.schedule``.
+May import: ``racnn.losses``, ``racnn.regions``, ``racnn.training.loop`` and ``racnn.training.schedule``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
+from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses, region_targets
+from racnn.regions import as_regions, overlap_penalty
 from racnn.training.loop import StepContext, run_epoch
 from racnn.training.schedule import crops_detached, prepare_phase
 
@@ -58,13 +59,22 @@ def train_apn_epoch(
 ) -> dict[str, float]:
     """METHOD §4, 3b: backbones and classifiers fixed (batch norm in eval mode); the ranking losses train the
     APNs. Their gradient reaches each APN through the differentiable crop and the frozen finer scales; with
-    ``train.rank_coarser=fixed`` the coarser scale's probability of each pair is a constant target."""
+    ``train.rank_coarser=fixed`` the coarser scale's probability of each pair is a constant target.
+
+    With several regions per scale the ranking loss reads each scale's answer from its regions' pooled feature,
+    and ``overlap``, ``train.region_overlap`` times the regions' mean pairwise IoU averaged over the zoomed
+    scales, keeps the regions apart (docs/DESIGN.md, "Several regions per scale")."""
     prepare_phase(model, "apn")
     margin, coarser_fixed = ctx.train.margin, ctx.train.rank_coarser == "fixed"
+    overlap_weight = getattr(ctx.train, "region_overlap", 0.0)
 
     def losses(net, inputs, targets):
         out = net(*inputs)
-        return ranking_losses(out.logits, targets, margin=margin, coarser_fixed=coarser_fixed), _scale_logits(out)
+        named = ranking_losses(out.logits, targets, margin=margin, coarser_fixed=coarser_fixed)
+        if out.boxes and as_regions(out.boxes[0]).shape[1] > 1:
+            penalties = [overlap_penalty(boxes) for boxes in out.boxes_in_image]
+            named["overlap"] = overlap_weight * torch.stack(penalties).mean()
+        return named, _scale_logits(out)
 
     return run_epoch(model if net is None else net, loader, optimizer, scheduler, ctx, losses)
 
@@ -80,7 +90,9 @@ def pretrain_apn_epoch(
     """METHOD §4, 2: regress each APN onto the half-side window where its scale's conv map responds most.
 
     The targets come from ``feature_maps[s]`` (detached); the crops are detached too, so each APN learns from
-    its own scale's target only.
+    its own scale's target only. With K regions, the first APN's K boxes go to the K strongest disjoint windows
+    (:func:`racnn.losses.region_targets`, matched in the best order) and every finer APN's box to the best
+    window of its own region's map.
     """
     prepare_phase(model, "apn_pretrain")
     side = ctx.train.pretrain_side
@@ -89,7 +101,11 @@ def pretrain_apn_epoch(
         out = net(*inputs)
         named = {}
         for s, boxes in enumerate(out.boxes):
-            goal = apn_targets(out.feature_maps[s].detach().float(), side=side)
+            feature_map = out.feature_maps[s].detach().float()
+            if s == 0 and boxes.dim() == 3:  # K regions proposed from one map
+                goal = region_targets(feature_map, boxes.shape[1], side=side)  # (B, K, 3)
+            else:  # one box per map: (B, C, h, w), or a region's (B, K, C, h, w) flattened to B K maps
+                goal = apn_targets(feature_map.flatten(0, -4), side=side).view_as(boxes)
             named[f"apn_pre{s + 1}"] = apn_pretrain_loss(boxes.float(), goal)["apn_pre"]
         return named, _scale_logits(out)
 
