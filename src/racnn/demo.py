@@ -1,9 +1,11 @@
 """Train RA-CNN on the built-in synthetic fine-grained set and show that looking closer helps.
 
-Runs the whole schedule of the paper (classification warm-up, APN pre-training, rounds of classification / APN
-alternation, fusion) with the tiny backbone on the CPU in a few minutes, then a single-scale baseline with the
-same backbone, data, seed and number of classification epochs. Prints one accuracy table (scale 1, 2, 3, the
-fusions and the baseline) and says where it wrote the attention pictures, the training curves and the logs.
+By default the set's fine-detail mode (recipe synthetic_fine): half of each class's detail is finer than scale 1's
+64 px view can resolve, and the zooms read it from the 256 px images. Runs the whole schedule of the paper
+(classification warm-up, APN pre-training, rounds of classification / APN alternation, fusion) with the tiny
+backbone on the CPU in a few minutes, then a single-scale baseline with the same backbone, data, seed and number
+of classification epochs. Prints one accuracy table (scale 1, 2, 3, the fusions and the baseline) and says where
+it wrote the attention pictures, the training curves and the logs.
 No download, no data on disk: the images are generated from a seed (docs/DATA.md).
 """
 
