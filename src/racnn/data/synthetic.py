@@ -156,8 +156,9 @@ class SyntheticFineGrained(Dataset):
     Args:
         num_samples: number of samples in this split.
         num_classes: number of classes, 2 to 12 (4 stripe orientations x 3 colour pairs; class ``c`` has
-            orientation ``c % 4`` and colour pair ``c // 4``; with ``detail_period``, 2 orientations x 6 hues:
-            orientation ``c % 2``, hue ``c // 2``).
+            orientation ``c % 4`` and colour pair ``c // 4``; with ``detail_period``, colour pair ``c // 4``,
+            coarse orientation ``c // 2 % 2`` (horizontal, vertical), fine orientation ``c % 2`` (diagonal-down,
+            diagonal-up)).
         image_size: side ``S`` of the square images in pixels (at least 32).
         seed: base seed; ``(seed, split, index)`` determines each sample.
         split: ``"train"``, ``"test"`` or ``"val"``; splits with the same seed are independent samples.
@@ -165,8 +166,8 @@ class SyntheticFineGrained(Dataset):
         cache: keep generated images in memory (uint8, ``3 * S * S`` bytes each).
         root: ignored; accepted so :func:`racnn.data.build_dataset` can pass it.
         detail_period: 0 (the default): the stripe period is half the head radius, so it scales with ``S``;
-            otherwise the fine-detail mode (module docstring): the period in pixels of the rendered image, at
-            least 2 (the finest the image can hold), in shades of one hue.
+            otherwise the fine-detail mode (module docstring): the fine stripes' period in pixels of the rendered
+            image, at least 2 (the finest the image can hold).
         two_details: the two-details mode (module docstring): class ``c`` has head orientation ``c % 4`` and
             tail colour pair ``c // 4``. Not with ``detail_period``.
 
