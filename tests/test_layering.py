@@ -36,6 +36,7 @@ CORE = [
     "plots",
     "visualize",
     "region_pictures",
+    "model_pictures",
 ]
 
 

@@ -1,5 +1,5 @@
 """racnn.visualize: exact layout and box pixels of draw_attention, upscaling, wrapped captions, title, legend,
-right/wrong marks; attention_grid's rows, untrained heads left out, restored modes."""
+right/wrong marks, stacked rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from racnn.model import RACNN
+from picture_helpers import colours, edge_pixels
 from racnn.visualize import (
     FONT_SIZE,
     GAP,
@@ -21,35 +21,15 @@ from racnn.visualize import (
     WRONG_COLOR,
     Caption,
     _font,
-    attention_grid,
     attention_layout,
-    attention_rows,
     draw_attention,
     head_caption,
+    stack_rows,
     tensor_to_pil,
     wrap_text,
 )
 
 GREY = (128, 128, 128)
-
-
-def colours(image: Image.Image) -> set[tuple[int, int, int]]:
-    """Every RGB colour in ``image``."""
-    return {tuple(int(v) for v in c) for c in np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)}
-
-
-def edge_pixels(box, image_size, inset: int = 3):
-    """Pixels on the four outline centre lines of a drawn box, corners (where boxes may cross) left out."""
-    width, height = image_size
-    x1, y1, x2, y2 = (round(v) for v in box)
-    clamp_x = lambda x: min(max(x, 0), width - 1)  # noqa: E731  (a line at the border is drawn half inside)
-    clamp_y = lambda y: min(max(y, 0), height - 1)  # noqa: E731
-    points = []
-    for y in range(y1 + inset, y2 - inset + 1):
-        points += [(clamp_x(x1), y), (clamp_x(x2), y)]
-    for x in range(x1 + inset, x2 - inset + 1):
-        points += [(x, clamp_y(y1)), (x, clamp_y(y2))]
-    return points
 
 
 def test_draw_attention_layout_and_box_pixels():
@@ -172,69 +152,14 @@ def test_tensor_to_pil_undoes_the_normalisation():
     np.testing.assert_allclose(np.asarray(picture) / 255.0, rgb.permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
 
 
-def test_attention_grid_rows_boxes_and_restored_modes():
-    torch.manual_seed(0)
-    model = RACNN("tiny", num_classes=3, num_scales=3, input_size=64, zoom_size=48, apn_hidden=16)
-    model.train()
-    model.backbones[1].eval()  # e.g. frozen batch norm during an APN phase: must stay frozen
-    modes = {name: m.training for name, m in model.named_modules()}
-    mean, std = model.mean, model.std
-    images = torch.randn(5, 3, 64, 64)
-    args = (model, images, mean, std, ["a", "b", "c"])
-
-    rows = attention_rows(*args, targets=[0, 1, 2, 0, 1], max_images=3)
-    grid = attention_grid(*args, targets=[0, 1, 2, 0, 1], max_images=3)
-
-    assert {name: m.training for name, m in model.named_modules()} == modes
-    assert all(p.grad is None for p in model.parameters())
-    assert len(rows) == 3 and all(layout.panel == (MIN_PANEL, MIN_PANEL) for _, layout in rows)  # 64 px upscaled
-    assert grid.width == MIN_PANEL + 2 * (GAP + MIN_PANEL)
-    # the grid is its header, then the rows ROW_GAP apart
-    y = grid.height - sum(row.height for row, _ in rows) - 2 * ROW_GAP
-    assert SCALE_COLORS[0] in colours(grid.crop((0, 0, grid.width, y)))  # the legend
-    for row, _ in rows:
-        assert np.array_equal(np.asarray(grid.crop((0, y, row.width, y + row.height))), np.asarray(row))
-        y += row.height + ROW_GAP
-
-    # the boxes are the eval-mode model's boxes_in_image, scaled to the panel
-    model.eval()
-    with torch.no_grad():
-        out = model(images[:3])
-    for i, (row, layout) in enumerate(rows):
-        px = row.load()
-        tx, ty, tl = (v * MIN_PANEL for v in out.boxes_in_image[-1][i].tolist())
-        box = (tx - tl, ty - tl, tx + tl, ty + tl)
-        assert all(px[x, layout.top + y] == SCALE_COLORS[1] for x, y in edge_pixels(box, layout.panel))
-        # every answer is marked right or wrong: the true class is known
-        caption_strip = colours(row.crop((0, layout.header_height, row.width, layout.top)))
-        assert {RIGHT_COLOR, WRONG_COLOR} & caption_strip
-
-
-def test_attention_grid_leaves_untrained_heads_out(monkeypatch):
-    model = RACNN("tiny", num_classes=2, num_scales=2, input_size=32, zoom_size=24, apn_hidden=8).eval()
-    seen = []
-
-    def spy(image, boxes, crops, captions, **kwargs):
-        seen.append(([c.text for c in captions], kwargs["title"].text))
-        return Image.new("RGB", (10, 10))
-
-    monkeypatch.setattr("racnn.visualize.draw_attention", spy)
-    images = torch.randn(1, 3, 32, 32)
-    model.trained_heads = ["s1", "s2", "avg"]  # no fusion phase yet
-    attention_grid(model, images, model.mean, model.std, ["x", "y"], targets=[0])
-    model.trained_heads = ["s1", "avg"]
-    attention_grid(model, images, model.mean, model.std, ["x", "y"])
-    model.trained_heads = None  # unknown (an old checkpoint): all of them
-    attention_grid(model, images, model.mean, model.std, ["x", "y"])
-    (first, title), (second, _), (third, last_title) = seen
-    assert "answer (mean of scales)" in title and "fused" not in title
-    assert all("not trained" not in c for c in first)
-    assert second[0].startswith("scale 1: ") and second[1] == "scale 2: not trained yet"
-    assert "answer (fused)" in last_title and all("not trained" not in c for c in third)
-
-
-def test_attention_grid_leaves_an_eval_model_in_eval():
-    model = RACNN("tiny", num_classes=2, num_scales=2, input_size=32, zoom_size=24, apn_hidden=8).eval()
-    grid = attention_grid(model, torch.randn(2, 3, 32, 32), model.mean, model.std, ["x", "y"])
-    assert not any(m.training for m in model.modules())
-    assert grid.width == MIN_PANEL + GAP + MIN_PANEL
+def test_stack_rows_pastes_each_row_under_the_header():
+    rows = [Image.new("RGB", (30, 10), GREY), Image.new("RGB", (50, 20), (1, 2, 3))]
+    bare = stack_rows(rows, None)
+    assert bare.size == (50, 10 + ROW_GAP + 20)  # no title, no legend: no header
+    assert np.array_equal(np.asarray(bare.crop((0, 10 + ROW_GAP, 50, bare.height))), np.asarray(rows[1]))
+    titled = stack_rows(rows, "title", legend=SCALE_COLORS[:2])
+    header = titled.height - bare.height
+    assert header > 0 and SCALE_COLORS[0] in colours(titled.crop((0, 0, titled.width, header)))
+    assert np.array_equal(np.asarray(titled.crop((0, header, 30, header + 10))), np.asarray(rows[0]))
+    with pytest.raises(ValueError, match="no rows"):
+        stack_rows([], "title")

@@ -33,18 +33,11 @@ from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import SourceViews, build_transforms
 from racnn.heads import head_logits, is_trained, model_answer
 from racnn.model import RACNN
+from racnn.model_pictures import eval_forward
 from racnn.precision import choose_precision, inference_input, prepare_for_inference
-from racnn.region_pictures import region_panels
+from racnn.region_pictures import draw_regions
 from racnn.regions import as_regions, region_crops
-from racnn.visualize import (
-    SCALE_COLORS,
-    Caption,
-    answer_label,
-    draw_attention,
-    eval_forward,
-    head_caption,
-    tensor_to_pil,
-)
+from racnn.visualize import Caption, answer_label, head_caption, tensor_to_pil
 
 __all__ = [
     "ClassScore",
@@ -463,11 +456,7 @@ class Predictor:
         name = Path(prediction.source).name if prediction.source else "RA-CNN attention"
         answer = caption(answer_label(self.answer), self.answer, prediction.top)
         captions = [caption(f"scale {s + 1}", f"s{s + 1}", items[0]) for s, items in enumerate(prediction.scales)]
-        panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
-        return draw_attention(
-            image, panels.boxes, panels.crops, captions[:1] + panels.captions, colors=panels.colors,
-            title=f"{name} · {answer.text}", legend_labels=panels.legend, legend_colors=panels.legend_colors,
-        )  # fmt: skip
+        return draw_regions(image, boxes, crops, captions, title=f"{name} · {answer.text}")[0]
 
 
 def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", amp: str = "auto") -> Predictor:

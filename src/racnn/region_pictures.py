@@ -7,7 +7,10 @@ and the legend reads "region 1", "region 2"... The scale's answer (from its regi
 region-1 panel; the other regions' panels are captioned "scale s, region r". With one region everything is as
 before: colours by scale (:data:`racnn.visualize.SCALE_COLORS`) and the default legend.
 
-May import: PIL and torch; nothing of racnn but :mod:`racnn.regions` and :mod:`racnn.crop`.
+:func:`draw_regions` is the one way both the training pictures (:mod:`racnn.model_pictures`) and
+``Predictor.draw`` (:mod:`racnn.api`) draw an image's boxes and crops, with one region or several.
+
+May import: PIL and torch; nothing of racnn but :mod:`racnn.regions`, :mod:`racnn.crop` and :mod:`racnn.visualize`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from torch import Tensor
 
 from racnn.crop import boxes_to_xyxy
 from racnn.regions import as_regions
+from racnn.visualize import MIN_PANEL, SCALE_COLORS, Caption, draw_attention
 
-__all__ = ["REGION_COLORS", "RegionPanels", "boxes_per_region", "region_legend", "region_panels"]
+__all__ = ["REGION_COLORS", "RegionPanels", "boxes_per_region", "draw_regions", "region_legend", "region_panels"]
 
 # One colour per region (up to racnn.regions.MAX_REGIONS): red, sky blue, orange, purple, green, pink, teal, brown.
 REGION_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -113,3 +118,37 @@ def boxes_per_region(boxes_in_image: Sequence[Tensor], image_size: tuple[int, in
         regions = as_regions(boxes.float().cpu())  # (B, R, 3)
         out.append(boxes_to_xyxy(regions.reshape(-1, 3), image_size).view(*regions.shape[:2], 4))
     return out
+
+
+def draw_regions(
+    image: Image.Image,
+    boxes: Sequence[Sequence[Box]],
+    crops: Sequence[Sequence[Any]] | None,
+    captions: Sequence[str | Caption],
+    *,
+    title: str | Caption | None,
+    legend: bool = True,
+    min_panel: int = MIN_PANEL,
+) -> tuple[Image.Image, list[str | Caption]]:
+    """:func:`racnn.visualize.draw_attention` of one image whose zoomed scales have one region or several.
+
+    Args:
+        image: the picture the boxes are drawn on.
+        boxes: for each zoomed scale, its R boxes ``(x1, y1, x2, y2)`` in pixels of ``image``.
+        crops: for each zoomed scale, its R crops (PIL images), or None (boxes only).
+        captions: the input panel's caption, then one per zoomed scale (its answer).
+        title: the headline, or None.
+        legend: list the box colours under the title: by scale with one region, by region with several.
+        min_panel: as in :func:`racnn.visualize.draw_attention`.
+
+    Returns:
+        The picture and its panels' captions (input panel first, then one per crop, region-major within a scale),
+        e.g. for :func:`racnn.visualize.attention_layout`.
+    """
+    panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
+    captions = [*captions[:1], *panels.captions]
+    picture = draw_attention(
+        image, panels.boxes, panels.crops, captions, colors=panels.colors, title=title, legend=legend,
+        min_panel=min_panel, legend_labels=panels.legend, legend_colors=panels.legend_colors,
+    )  # fmt: skip
+    return picture, captions

@@ -6,7 +6,7 @@ running each phase of the schedule epoch by epoch, evaluating, saving ``last.pt`
 :mod:`racnn.training.run_files`.
 
 May import: everything below it in ``racnn.training`` and the core modules (``racnn.model``, ``racnn.config``,
-``racnn.checkpoint``, ``racnn.distributed``, ``racnn.precision``, ``racnn.visualize``, ``racnn.plots``).
+``racnn.checkpoint``, ``racnn.distributed``, ``racnn.precision``, ``racnn.model_pictures``, ``racnn.plots``).
 """
 
 from __future__ import annotations
@@ -360,9 +360,9 @@ class _Run:
 
     def _attention_picture(self, round_index: int) -> None:
         try:
-            from racnn.visualize import attention_grid
+            from racnn.model_pictures import attention_grid
         except ImportError as e:
-            warnings.warn(f"attention pictures skipped: racnn.visualize is not available ({e})", stacklevel=2)
+            warnings.warn(f"attention pictures skipped: racnn.model_pictures is not available ({e})", stacklevel=2)
             return
         shown = self.val_set if self.val_set is not None else self.train_set
         count = min(8, len(shown))
