@@ -12,7 +12,16 @@ import yaml
 
 import racnn.training as training
 from racnn.checkpoint import load_checkpoint
-from racnn.config import RECIPES, Config, ConfigError, config_from_dict, config_to_dict, load_config
+from racnn.config import (
+    RECIPES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    per_apn,
+    save_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(RECIPES.glob("*.yaml"))
@@ -38,6 +47,11 @@ def test_yaml_then_overrides(tmp_path):
         ("train.cls.optimizer=adam", "train.cls.optimizer must be sgd or adamw"),
         ("model.num_scales=5", "model.num_scales must be 2, 3 or 4"),
         ("train.pretrain_side=0", "train.pretrain_side must be in"),
+        ("train.pretrain_side=[0.3,0]", "train.pretrain_side must be in"),
+        ("train.pretrain_side=[0.3]", "one number or one per APN (2 with 3 scales), got [0.3]"),
+        ("train.pretrain_side=[0.3,abc]", "'train.pretrain_side[1]' expects a finite number"),
+        ("model.fixed_side=[0.5,0.5,0.5]", "model.fixed_side must be one number or one per APN"),
+        ("model.fixed_side=[0.5,2]", "model.fixed_side must be 0 (learnt boxes) or in (0, 1]"),
         ("train.eval_interval=-2", "train.eval_interval must be -1, 0 or positive"),
         ("margin", "not of the form key=value"),
     ],
@@ -118,3 +132,13 @@ def test_backbone_kwargs_from_yaml_and_overrides():
         load_config(None, ["model.backbone_kwargs={img_size: {a: 1}}"])
     with pytest.raises(ConfigError, match="'model.backbone_kwargs' expects a mapping"):
         load_config(None, ["model.backbone_kwargs=448"])
+
+
+def test_per_apn_settings_take_one_value_or_one_per_apn(tmp_path):
+    cfg = load_config(None, ["train.pretrain_side=[0.25,0.5]", "model.fixed_side=[0.5,0.8]"])
+    assert cfg.train.pretrain_side == [0.25, 0.5] and cfg.model.fixed_side == [0.5, 0.8]
+    assert per_apn(cfg.train.pretrain_side, 3) == [0.25, 0.5]
+    assert per_apn(0.4, 4) == [0.4, 0.4, 0.4]  # one value for every APN
+    save_config(cfg, tmp_path / "config.yaml")  # and back, unchanged
+    assert load_config(tmp_path / "config.yaml").train.pretrain_side == [0.25, 0.5]
+    assert load_config(None, ["train.pretrain_side=0.3"]).train.pretrain_side == 0.3  # a number stays a number

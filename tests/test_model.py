@@ -218,6 +218,17 @@ def test_fixed_side_turns_the_attention_off_with_centred_boxes():
     assert learnt.state_dict().keys() == model.state_dict().keys()  # same checkpoints either way
 
 
+def test_fixed_side_per_apn():
+    model = RACNN(backbone="tiny", num_classes=3, num_scales=3, input_size=64, zoom_size=32, apn_hidden=8,
+                  fixed_side=[0.5, 0.8])  # fmt: skip
+    out = model(torch.rand(2, 3, 64, 64))
+    assert torch.equal(out.boxes[0], torch.tensor([[0.5, 0.5, 0.25]] * 2))
+    assert torch.equal(out.boxes[1], torch.tensor([[0.5, 0.5, 0.4]] * 2))
+    assert torch.allclose(out.boxes_in_image[1], torch.tensor([[0.5, 0.5, 0.2]] * 2))  # 0.8 of a 0.5 zoom
+    with pytest.raises(ValueError, match="one per APN"):
+        RACNN(backbone="tiny", num_classes=3, num_scales=3, input_size=64, zoom_size=32, fixed_side=[0.5])
+
+
 def test_backbone_that_cannot_take_the_sizes_is_refused_when_built():
     with pytest.raises(
         ValueError, match=r"timm:vit_tiny_patch16_224 cannot take model\.input_size=448 .*img_size: 448"

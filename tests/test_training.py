@@ -132,6 +132,17 @@ def test_apn_pretraining_moves_boxes_toward_their_targets():
     assert all(name.startswith("apns.") for name in _changed(before, model))  # frozen backbones, no BN updates
 
 
+def test_apn_pretraining_targets_one_side_per_apn(monkeypatch):
+    sides = []
+    real = training_steps.apn_targets
+    monkeypatch.setattr(training_steps, "apn_targets", lambda fmap, side: sides.append(side) or real(fmap, side=side))
+    _run(pretrain_apn_epoch, _model(num_scales=3), "apn_pretrain", _loader(n=8), pretrain_side=[0.25, 0.5])
+    assert sides == [0.25, 0.5]  # one batch: APN 1's target side, then APN 2's
+    sides.clear()
+    _run(pretrain_apn_epoch, _model(num_scales=3), "apn_pretrain", _loader(n=8), pretrain_side=0.4)
+    assert sides == [0.4, 0.4]
+
+
 def test_fusion_step_changes_only_fusion_heads():
     model = _model()
     before = _state(model)

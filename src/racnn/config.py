@@ -32,6 +32,7 @@ __all__ = [
     "config_to_dict",
     "find_config",
     "load_config",
+    "per_apn",
     "recipe_names",
     "resolve_device",
     "save_config",
@@ -61,7 +62,7 @@ class ModelConfig:
     apn_pool: int = 7  # the APN pools the conv map to apn_pool x apn_pool before its fc layers
     apn_hidden: int = 1024  # APN hidden width (authors' code: 1024)
     mask_k: float = 10.0  # steepness of the boxcar mask's logistic, per input pixel
-    fixed_side: float = 0.0  # 0: the APNs learn their boxes; > 0: attention off, every box centred with this side
+    fixed_side: float | list[float] = 0.0  # 0: learnt boxes; > 0: attention off, centred boxes of this side; or per APN
     regions: int = 1  # attention regions per zoomed scale (1: the paper); racnn.regions
     region_pool: str = "mean"  # a zoomed scale's feature from its regions': mean | max | concat (regions > 1)
 
@@ -120,7 +121,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
     rank_coarser: str = "fixed"  # fixed: p_t(s) a constant target for p_t(s+1) | trained: the literal loss
-    pretrain_side: float = 0.5  # side of the APN pre-training target box, fraction of its input side (paper: 1/2)
+    pretrain_side: float | list[float] = 0.5  # APN pre-training target side, of its input's (paper: 1/2); or per APN
     region_overlap: float = 1.0  # APN phase, model.regions > 1: weight of the mean pairwise IoU of the regions
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)
     best_metric: str = "top1_fused"  # the val metric best.pt follows: top1_fused | top1_s1 | top1_s2 | top1_avg ...
@@ -165,6 +166,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):  # a list's own error, not the number's, when it fails
+            args = sorted(args, key=lambda arg: typing.get_origin(arg) is not list)
         if value is None and type(None) in args:
             return None
         errors = []
@@ -176,6 +179,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"'{key}': invalid value {_shown(value)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_LIST:
+            raise ConfigError(f"'{key}' expects a list of at most {MAX_LIST} items, got {_shown(value)}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"'{key}' expects a mapping, got {_shown(value)}")
@@ -211,6 +219,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"'{key}' expects a string, got {_shown(value)}")
     return value
+
+
+MAX_LIST = 8  # a list-valued setting (one value per APN) holds at most this many
+
+
+def per_apn(value: float | list[float], num_scales: int) -> list[float]:
+    """A setting given once for every APN or once per APN (``model.fixed_side``, ``train.pretrain_side``), as one
+    value per APN, the first APN's (on scale 1's map) first."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * (num_scales - 1)
 
 
 def _shown(value: Any) -> str:
@@ -270,7 +287,11 @@ def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     if not 2 <= m.num_scales <= 4:
         raise ConfigError(f"model.num_scales must be 2, 3 or 4, got {m.num_scales}")
-    if not 0 <= m.fixed_side <= 1:
+    for key, value in (("model.fixed_side", m.fixed_side), ("train.pretrain_side", t.pretrain_side)):
+        if isinstance(value, list) and len(value) != m.num_scales - 1:
+            apns = f"{m.num_scales - 1} with {m.num_scales} scales"
+            raise ConfigError(f"{key} must be one number or one per APN ({apns}), got {value}")
+    if not all(0 <= side <= 1 for side in per_apn(m.fixed_side, m.num_scales)):
         raise ConfigError(f"model.fixed_side must be 0 (learnt boxes) or in (0, 1], got {m.fixed_side}")
     if not 0 < m.min_side < 1:
         raise ConfigError(f"model.min_side must be in (0, 1), got {m.min_side}")
@@ -280,7 +301,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.region_pool must be mean, max or concat, got '{m.region_pool}'")
     if t.amp not in ("auto", "none", "bf16", "fp16"):
         raise ConfigError(f"train.amp must be auto, none, bf16 or fp16, got '{t.amp}'")
-    if not 0 < t.pretrain_side <= 1:
+    if not all(0 < side <= 1 for side in per_apn(t.pretrain_side, m.num_scales)):
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
     if 0 < cfg.data.source_size < m.input_size:
         size = cfg.data.source_size

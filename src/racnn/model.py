@@ -13,6 +13,7 @@ batch of B * K images (:mod:`racnn.regions` has the shapes and the pooling; docs
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +160,8 @@ class RACNN(nn.Module):
         apn_pool: the APN pools the conv map to ``apn_pool x apn_pool``.
         apn_hidden: width of the APN's hidden layer.
         mask_k: steepness of the crop's boxcar mask, per pixel of the image.
-        fixed_side: 0 (the APNs learn their boxes), or the side of the centred box every APN proposes instead.
+        fixed_side: 0 (the APNs learn their boxes), or the side of the centred box every APN proposes instead; or
+            one such value per APN (``num_scales - 1``, the first APN's first).
         pretrained: see :func:`racnn.backbones.build_backbone`; all scales start from the same weights.
         backbone_kwargs: keyword arguments for ``timm.create_model`` (``"timm:"`` backbones only), e.g.
             ``{"img_size": 448}``.
@@ -184,7 +186,7 @@ class RACNN(nn.Module):
         apn_hidden: int = 1024,
         mask_k: float = 10.0,
         pretrained: str | None = None,
-        fixed_side: float = 0.0,
+        fixed_side: float | Sequence[float] = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
         regions: int = 1,
         region_pool: str = "mean",
@@ -196,6 +198,9 @@ class RACNN(nn.Module):
             raise ValueError(f"num_scales must be 2, 3 or 4, got {num_scales}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        fixed_sides = list(fixed_side) if isinstance(fixed_side, Sequence) else [fixed_side] * (num_scales - 1)
+        if len(fixed_sides) != num_scales - 1:
+            raise ValueError(f"fixed_side: one value, or one per APN ({num_scales - 1}), got {len(fixed_sides)}")
         self.num_scales = num_scales
         self.num_classes = num_classes
         self.input_size = input_size
@@ -216,7 +221,7 @@ class RACNN(nn.Module):
         # The first APN proposes the K regions; each finer one proposes one box inside its own region.
         self.apns = nn.ModuleList(
             [
-                APN(channels, apn_pool, apn_hidden, min_side, fixed_side, regions=regions if s == 0 else 1)
+                APN(channels, apn_pool, apn_hidden, min_side, fixed_sides[s], regions=regions if s == 0 else 1)
                 for s in range(num_scales - 1)
             ]
         )

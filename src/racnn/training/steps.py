@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from racnn.config import per_apn
 from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses, region_targets
 from racnn.regions import as_regions, overlap_penalty
 from racnn.training.loop import StepContext, run_epoch
@@ -95,12 +96,13 @@ def pretrain_apn_epoch(
     window of its own region's map.
     """
     prepare_phase(model, "apn_pretrain")
-    side = ctx.train.pretrain_side
+    sides = ctx.train.pretrain_side  # one for every APN, or one per APN
 
     def losses(net, inputs, targets):
         out = net(*inputs)
         named = {}
         for s, boxes in enumerate(out.boxes):
+            side = per_apn(sides, len(out.boxes) + 1)[s]
             feature_map = out.feature_maps[s].detach().float()
             if s == 0 and boxes.dim() == 3:  # K regions proposed from one map
                 goal = region_targets(feature_map, boxes.shape[1], side=side)  # (B, K, 3)
