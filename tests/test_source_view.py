@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -140,20 +143,32 @@ def test_boxes_map_back_to_the_photo_through_the_source_geometry():
         torch.testing.assert_close(got, expected, atol=min(size) / 32, rtol=0)
 
 
-def test_export_refuses_a_model_with_a_source(tmp_path, capsys):
+@pytest.mark.parametrize("fmt,suffix", [("onnx", "onnx"), ("torchscript", "pt")])
+def test_export_takes_the_source_as_a_second_input_with_parity(tmp_path, capsys, fmt, suffix):
+    # A 100 px source zoomed to 24 px: a three-level pyramid with an odd side (100, 50, 25, 13), which the ONNX
+    # graph pools with matrix products.
     cfg = Config(
-        model=ModelConfig(backbone="tiny", num_classes=3, input_size=32, zoom_size=32, apn_pool=2, apn_hidden=16),
-        data=DataConfig(source_size=64),
+        model=ModelConfig(backbone="tiny", num_classes=3, input_size=32, zoom_size=24, apn_pool=2, apn_hidden=16),
+        data=DataConfig(source_size=100),
     )
+    torch.manual_seed(0)
     model = RACNN.from_config(cfg.model)
     path = save_checkpoint(
         tmp_path / "m.pt", {"config": config_to_dict(cfg), "model": model.state_dict(), "class_names": ["a", "b", "c"]}
     )
-    out = tmp_path / "m.ts"
-    code = main(["export", "--checkpoint", str(path), "--format", "torchscript", "--out", str(out)])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert code == 2 and not out.exists()
-    assert len(errors) == 1 and "data.source_size=64" in errors[0]
+    out = tmp_path / f"m.{suffix}"
+    code = main(["export", "--checkpoint", str(path), "--format", fmt, "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "max abs difference" in stdout and "(ok," in stdout, stdout
+    meta = json.loads(Path(f"{out}.json").read_text())
+    assert meta["source_size"] == 100 and meta["input_names"] == ["images", "source"]
+    assert meta["input_shapes"] == {"images": ["batch", 3, 32, 32], "source": ["batch", 3, 100, 100]}
+    assert "round(source_size * resize_ratio)" in meta["preprocessing"]
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["images", "source"]
 
 
 def _head_regions(dataset, side: int, inner: bool = True) -> list[torch.Tensor]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "AttentionCrop",
+    "adaptive_avg_pool_matmul",
     "antialiased_crop",
     "attention_crop",
     "boxes_to_xyxy",
@@ -179,11 +180,33 @@ def attention_crop(images: Tensor, boxes: Tensor, out_size: int | Sequence[int],
     return (sampled * mask).to(images.dtype)  # (B, C, h, w)
 
 
+def _pool_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """``(n_out, n_in)``: row ``i`` averages PyTorch's adaptive bin ``[floor(i n / m), ceil((i + 1) n / m))``."""
+    matrix = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def adaptive_avg_pool_matmul(x: Tensor, size: tuple[int | None, int | None]) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as two matrix products ``P_h @ x @ P_w^T`` (``None``: that side kept).
+
+    The same numbers, but exportable to ONNX for any sizes: the ONNX exporter handles adaptive pooling only where
+    the output size divides the input size. The matrices are constants of the input's (traced) shape.
+    """
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    rows = _pool_matrix(height, size[0] or height, x)  # (out_h, H)
+    cols = _pool_matrix(width, size[1] or width, x)  # (out_w, W)
+    return torch.matmul(torch.matmul(rows, x), cols.t())  # (B, C, out_h, out_w)
+
+
 def image_pyramid(images: Tensor, levels: int) -> list[Tensor]:
     """``images`` and ``levels`` successive 2x reductions of it (2 x 2 average pooling), coarsest last.
 
     An odd side rounds up (``(n + 1) // 2``, adaptive pooling with overlapping bins), so every level spans the
     whole image: a normalised position means the same place at every level.
+    Under an ONNX export the pooling is :func:`adaptive_avg_pool_matmul` (the same numbers, exportable).
 
     Args:
         images: ``(B, C, H, W)`` images.
@@ -192,10 +215,11 @@ def image_pyramid(images: Tensor, levels: int) -> list[Tensor]:
     Returns:
         ``levels + 1`` tensors; level ``l`` is ``(B, C, ~H / 2^l, ~W / 2^l)``.
     """
+    pool = adaptive_avg_pool_matmul if torch.onnx.is_in_onnx_export() else F.adaptive_avg_pool2d  # odd sides too
     pyramid = [images]
     for _ in range(levels):
         height, width = pyramid[-1].shape[-2:]
-        pyramid.append(F.adaptive_avg_pool2d(pyramid[-1], ((height + 1) // 2, (width + 1) // 2)))
+        pyramid.append(pool(pyramid[-1], ((height + 1) // 2, (width + 1) // 2)))
     return pyramid
 
 

@@ -1,9 +1,12 @@
 """Export a model to ONNX or TorchScript, and check an export against the PyTorch model (``racnn export`` is
 :mod:`racnn.export_cli`).
 
-The exported graph takes one input and gives three outputs (B is dynamic, S scales, K classes):
+The exported graph takes one input (two for a model with a source view) and gives three outputs (B is dynamic,
+S scales, K classes):
 
   images  (B, 3, N, N)  float32, normalised with the backbone's mean/std (N = model.input_size)
+  source  (B, 3, M, M)  only for a model trained with data.source_size = M: the same centre crop at M px, which
+                        the zooms are sampled from
   probs   (B, K)        softmax of the all-scale fusion head: the overall prediction
   logits  (S, B, K)     each scale's own classifier logits, scale 1 first
   boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates;
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from racnn.crop import adaptive_avg_pool_matmul
 from racnn.model import RACNN
 from racnn.parity import ATOL, RTOL, OutputParity, Parity, compare_outputs
 from racnn.precision import Precision, inference_input, prepare_for_inference
@@ -34,6 +38,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "INPUT_NAME",
     "OUTPUT_NAMES",
+    "SOURCE_NAME",
     "ExportWrapper",
     "OutputParity",
     "Parity",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 INPUT_NAME = "images"
+SOURCE_NAME = "source"  # the second input of a model trained with data.source_size
 OUTPUT_NAMES = ("probs", "logits", "boxes")
 # The attention crop's grid sampling (GridSample) needs opset 16; 20 also has AffineGrid. Checked with torch 2.14's
 # TorchScript-based exporter and onnxruntime 1.32.
@@ -53,7 +59,7 @@ DEFAULT_OPSET = 20  # racnn export's --opset help says it too
 
 
 class ExportWrapper(nn.Module):
-    """The model with plain tensor outputs, for tracing: ``images -> (probs, logits, boxes)``.
+    """The model with plain tensor outputs, for tracing: ``images[, source] -> (probs, logits, boxes)``.
 
     Args:
         model: an RA-CNN; the wrapper does not change its mode (call ``eval()`` first).
@@ -63,8 +69,8 @@ class ExportWrapper(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.model(images)
+    def forward(self, images: Tensor, source: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model(images) if source is None else self.model(images, source)
         all_scales = RACNN.fusion_name(len(out.logits))
         probs = out.fused[all_scales].softmax(-1)  # (B, K)
         logits = torch.stack(out.logits)  # (S, B, K)
@@ -84,21 +90,8 @@ class _MatmulAdaptiveAvgPool2d(nn.Module):
         super().__init__()
         self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
 
-    @staticmethod
-    def _matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
-        matrix = torch.zeros(n_out, n_in, dtype=like.dtype, device=like.device)
-        for i in range(n_out):  # PyTorch's bins: [floor(i n / m), ceil((i + 1) n / m))
-            start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
-            matrix[i, start:end] = 1.0 / (end - start)
-        return matrix
-
     def forward(self, x: Tensor) -> Tensor:
-        height, width = int(x.shape[-2]), int(x.shape[-1])  # constants in the trace: the input size is fixed
-        out_h = self.output_size[0] or height
-        out_w = self.output_size[1] or width
-        rows = self._matrix(height, out_h, x)  # (out_h, H)
-        cols = self._matrix(width, out_w, x)  # (out_w, W)
-        return torch.matmul(torch.matmul(rows, x), cols.t())  # (B, C, out_h, out_w)
+        return adaptive_avg_pool_matmul(x, self.output_size)  # constants in the trace: the input size is fixed
 
 
 def _onnx_friendly(model: nn.Module) -> nn.Module:
@@ -111,10 +104,16 @@ def _onnx_friendly(model: nn.Module) -> nn.Module:
     return model
 
 
-def _example(model: nn.Module, input_size: int, batch_size: int, seed: int = 0) -> Tensor:
+def _example(model: nn.Module, input_size: int, batch_size: int, seed: int = 0, source_size: int = 0) -> list[Tensor]:
+    """Normalised-like random inputs: ``[images]``, or ``[images, source]`` with a source view of ``source_size``."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch_size, 3, input_size, input_size, generator=generator).to(device)  # normalised-like
+    sides = [input_size, *([source_size] if source_size else [])]
+    return [torch.randn(batch_size, 3, side, side, generator=generator).to(device) for side in sides]
+
+
+def _input_names(source_size: int) -> list[str]:
+    return [INPUT_NAME, *([SOURCE_NAME] if source_size else [])]
 
 
 def _eval_wrapper(model: nn.Module) -> ExportWrapper:
@@ -130,6 +129,7 @@ def export_onnx(
     *,
     batch_size: int = 2,
     opset: int = DEFAULT_OPSET,
+    source_size: int = 0,
 ) -> Path:
     """Export ``model`` to ONNX with a dynamic batch axis (TorchScript-based exporter, ``dynamo=False``).
 
@@ -143,6 +143,8 @@ def export_onnx(
         input_size: side N of the ``(B, 3, N, N)`` input.
         batch_size: batch of the example traced (any batch runs afterwards).
         opset: ONNX opset version.
+        source_size: ``data.source_size`` of a model trained with a source view: the graph takes a second input,
+            ``source`` ``(B, 3, M, M)``; 0 for none.
 
     Returns:
         ``path``.
@@ -150,16 +152,18 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _eval_wrapper(_onnx_friendly(model))
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, "probs": {0: "batch"}, "logits": {1: "batch"}, "boxes": {1: "batch"}}
+    inputs = _input_names(source_size)
+    dynamic_axes = {**{name: {0: "batch"} for name in inputs}, "probs": {0: "batch"}, "logits": {1: "batch"}}
+    dynamic_axes["boxes"] = {1: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             wrapper,
-            (_example(model, input_size, batch_size),),
+            tuple(_example(model, input_size, batch_size, source_size=source_size)),
             str(path),
             dynamo=False,
-            input_names=[INPUT_NAME],
+            input_names=inputs,
             output_names=list(OUTPUT_NAMES),
             dynamic_axes=dynamic_axes,
             opset_version=opset,
@@ -167,7 +171,9 @@ def export_onnx(
     return path
 
 
-def export_torchscript(model: nn.Module, path: str | Path, input_size: int, *, batch_size: int = 2) -> Path:
+def export_torchscript(
+    model: nn.Module, path: str | Path, input_size: int, *, batch_size: int = 2, source_size: int = 0
+) -> Path:
     """Trace ``model`` with :func:`torch.jit.trace` and save it; the traced module takes any batch size.
 
     ``torch.jit.trace`` is deprecated in recent PyTorch (in favour of ``torch.export``) but still works; its
@@ -178,6 +184,7 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size: int, *, b
         path: the ``.pt`` file to write.
         input_size: side N of the ``(B, 3, N, N)`` input.
         batch_size: batch of the example traced.
+        source_size: as for :func:`export_onnx`: the traced module then takes ``(images, source)``.
 
     Returns:
         ``path``.
@@ -188,7 +195,8 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size: int, *, b
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated")
-        traced = torch.jit.trace(wrapper, (_example(model, input_size, batch_size),), check_trace=False)
+        example = tuple(_example(model, input_size, batch_size, source_size=source_size))
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
         torch.jit.save(traced, str(path))
     return path
 
@@ -203,6 +211,7 @@ def verify_onnx(
     seed: int = 1,
     rtol: float = RTOL,
     atol: float = ATOL,
+    source_size: int = 0,
 ) -> Parity:
     """Run the ONNX file with onnxruntime (CPU) and the eager model on one random batch; compare every output.
 
@@ -211,10 +220,11 @@ def verify_onnx(
     """
     import onnxruntime as ort
 
-    images = _example(model, input_size, batch_size, seed)
-    expected = _eval_wrapper(model)(images)
+    inputs = _example(model, input_size, batch_size, seed, source_size)
+    expected = _eval_wrapper(model)(*inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images.cpu().numpy()})
+    feed = {name: x.cpu().numpy() for name, x in zip(_input_names(source_size), inputs, strict=True)}
+    got = session.run(list(OUTPUT_NAMES), feed)
     return compare_outputs([e.cpu() for e in expected], [torch.from_numpy(g) for g in got], rtol=rtol, atol=atol)
 
 
@@ -228,26 +238,33 @@ def verify_torchscript(
     seed: int = 1,
     rtol: float = RTOL,
     atol: float = ATOL,
+    source_size: int = 0,
 ) -> Parity:
     """Load the TorchScript file with :func:`torch.jit.load` and compare every output with the eager model's."""
-    images = _example(model, input_size, batch_size, seed)
-    expected = _eval_wrapper(model)(images)
+    inputs = _example(model, input_size, batch_size, seed, source_size)
+    expected = _eval_wrapper(model)(*inputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated")
-        loaded = torch.jit.load(str(path), map_location=images.device)
-    return compare_outputs(expected, loaded(images), rtol=rtol, atol=atol)
+        loaded = torch.jit.load(str(path), map_location=inputs[0].device)
+    return compare_outputs(expected, loaded(*inputs), rtol=rtol, atol=atol)
 
 
 @torch.no_grad()
 def precision_drift(
-    model: nn.Module, input_size: int, precision: Precision, *, batch_size: int = 3, seed: int = 1
+    model: nn.Module,
+    input_size: int,
+    precision: Precision,
+    *,
+    batch_size: int = 3,
+    seed: int = 1,
+    source_size: int = 0,
 ) -> float:
     """How far ``model`` run in ``precision`` (weights cast, as :class:`racnn.api.Predictor` runs it) lies from
     ``model`` in float32, which is what an export computes: the maximum absolute difference over all outputs."""
-    images = _example(model, input_size, batch_size, seed)
-    expected = _eval_wrapper(model)(images)
-    reduced = prepare_for_inference(copy.deepcopy(model), images.device, precision)
-    got = [g.float() for g in _eval_wrapper(reduced)(inference_input(images, precision))]
+    inputs = _example(model, input_size, batch_size, seed, source_size)
+    expected = _eval_wrapper(model)(*inputs)
+    reduced = prepare_for_inference(copy.deepcopy(model), inputs[0].device, precision)
+    got = [g.float() for g in _eval_wrapper(reduced)(*(inference_input(x, precision) for x in inputs))]
     return compare_outputs(expected, got).max_abs
 
 
@@ -262,12 +279,18 @@ def write_sidecar(
     num_scales: int,
     extra: dict[str, Any] | None = None,
     regions: int = 1,
+    source_size: int = 0,
 ) -> Path:
     """Write ``<path>.json`` (e.g. ``racnn.onnx.json``): what a consumer needs to feed and read the export.
 
     ``regions`` (``model.regions``) is written as ``"regions"``; with R > 1 the boxes' shape has its region axis.
+    ``source_size`` (``data.source_size``, 0 for none) is written as ``"source_size"``; with M > 0 the export
+    takes a second input, ``"source"``, listed in ``"input_names"`` and ``"input_shapes"``, and the preprocessing
+    says how both views are made.
     """
     num_classes = len(class_names)
+    sides = [input_size, *([source_size] if source_size else [])]
+    meta_inputs = _input_names(source_size)
     meta = {
         "format": format,
         "class_names": list(class_names),
@@ -287,8 +310,16 @@ def write_sidecar(
         },
         "preprocessing": "RGB in [0, 1], shorter side resized to round(input_size * resize_ratio), "
         "centre crop input_size, (x - mean) / std",
+        "source_size": source_size,
+        "input_names": meta_inputs,
+        "input_shapes": {name: ["batch", 3, side, side] for name, side in zip(meta_inputs, sides, strict=True)},
         **(extra or {}),
     }
+    if source_size:
+        meta["preprocessing"] = (
+            "RGB in [0, 1], shorter side resized to round(source_size * resize_ratio), centre crop source_size: "
+            "the source; that crop resized to input_size (antialiased): the images; each (x - mean) / std"
+        )
     sidecar = Path(str(path) + ".json")
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return sidecar

@@ -170,12 +170,6 @@ def main(args: argparse.Namespace) -> int:
         model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
-    if cfg.data.source_size:  # the traced graph takes one image tensor; this model's zooms read a second input
-        return fail(
-            "",
-            f"cannot export a model trained with data.source_size={cfg.data.source_size}: its zooms read a second, "
-            "high-resolution input and an export carries one; use racnn predict or racnn.load instead",
-        )
     try:
         code = _export(args, model, cfg, class_names, model_normalization(model))
     except OSError as e:  # the export could not be written (no permission, disk full); an earlier one is kept
@@ -183,7 +177,8 @@ def main(args: argparse.Namespace) -> int:
             raise
         return fail("", describe_os_error(e, target=args.out), code=1)
     if precision.amp != "none" and code != 2:
-        drift = precision_drift(model, cfg.model.input_size, precision, batch_size=args.batch_size + 1)
+        size, source = cfg.model.input_size, cfg.data.source_size
+        drift = precision_drift(model, size, precision, batch_size=args.batch_size + 1, source_size=source)
         print(f"{precision.describe()}: racnn predict here differs from the export by up to {drift:.3g} (information)")
     return code
 
@@ -196,14 +191,17 @@ def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normal
     check = args.check is not False
     batch = args.batch_size + 1  # checked on another batch size than the traced one: the batch axis must be dynamic
     tolerance = {"rtol": args.rtol, "atol": args.atol}
+    source = {"source_size": cfg.data.source_size}  # a second input, the zooms' source, where the model has one
     if args.format == "onnx":
         check = check and _onnxruntime_installed()  # --check without it was refused in check_arguments
-        _export_beside(out, lambda tmp: export_onnx(model, tmp, size, batch_size=args.batch_size, opset=args.opset))
-        parity = verify_onnx(model, out, size, batch_size=batch, **tolerance) if check else None
+        _export_beside(
+            out, lambda tmp: export_onnx(model, tmp, size, batch_size=args.batch_size, opset=args.opset, **source)
+        )
+        parity = verify_onnx(model, out, size, batch_size=batch, **tolerance, **source) if check else None
         extra = {"opset": args.opset}
     else:
-        _export_beside(out, lambda tmp: export_torchscript(model, tmp, size, batch_size=args.batch_size))
-        parity = verify_torchscript(model, out, size, batch_size=batch, **tolerance) if check else None
+        _export_beside(out, lambda tmp: export_torchscript(model, tmp, size, batch_size=args.batch_size, **source))
+        parity = verify_torchscript(model, out, size, batch_size=batch, **tolerance, **source) if check else None
         extra = {}
     mean, std = normalization
     sidecar = write_sidecar(
@@ -215,6 +213,7 @@ def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normal
         std=std,
         num_scales=cfg.model.num_scales,
         regions=cfg.model.regions,
+        source_size=cfg.data.source_size,
         extra={**extra, "resize_ratio": cfg.data.resize_ratio, "backbone": cfg.model.backbone},
     )
     print(printable(f"wrote {out} and {sidecar}"))
