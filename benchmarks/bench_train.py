@@ -13,6 +13,7 @@ torch libraries included, not just tensors). Prints a markdown table.
 
 With ``--source-size M`` every step and inference also gets the same images at ``M`` px, which the zooms are
 sampled from (``data.source_size``; ``RACNN.forward(images, source)``): its cost in images/s and memory.
+``--regions K`` zooms into K regions per scale (``model.regions``; each finer backbone runs on B x K images).
 
 Modes:
   fp32            eager float32 (the reference)
@@ -46,6 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--zoom-size", type=int, default=224, help="zoomed input side (default: 224)")
     parser.add_argument("--source-size", type=int, default=0, help="side of a source view, 0: none (default: 0)")
     parser.add_argument("--scales", type=int, default=3, help="number of scales (default: 3)")
+    parser.add_argument("--regions", type=int, default=1, help="attention regions per zoomed scale (default: 1)")
     parser.add_argument("--classes", type=int, default=200, help="number of classes (default: 200)")
     parser.add_argument("--batch", type=int, default=2, help="training batch (default: 2)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per mode (default: 3)")
@@ -64,7 +66,7 @@ def _model(args):
     from racnn.model import RACNN
 
     torch.manual_seed(0)
-    return RACNN(args.backbone, args.classes, args.scales, args.input_size, args.zoom_size)
+    return RACNN(args.backbone, args.classes, args.scales, args.input_size, args.zoom_size, regions=args.regions)
 
 
 def _inputs(args, batch: int, dtype=None, channels_last: bool = False) -> list:
@@ -132,8 +134,8 @@ def run_infer_default(args) -> dict:
     import torch
 
     from racnn.config import TrainConfig
+    from racnn.model_pictures import eval_forward
     from racnn.precision import inference_input, prepare_for_inference
-    from racnn.visualize import eval_forward
 
     chosen = _default_precision(TrainConfig(amp="auto", channels_last=True))  # the Predictor's defaults
     model = prepare_for_inference(_model(args), torch.device("cpu"), chosen)
@@ -188,7 +190,8 @@ def worker(args) -> None:
 
 def _spawn(args, kind: str, mode: str) -> dict:
     argv = [sys.executable, __file__, "--worker", f"{kind}:{mode}"]
-    names = ("backbone", "input_size", "zoom_size", "source_size", "scales", "classes", "batch", "steps", "images")
+    names = ("backbone", "input_size", "zoom_size", "source_size", "scales", "regions", "classes", "batch", "steps")
+    names += ("images",)
     for name in (*names, "threads"):
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     timeout = args.compile_timeout if mode.endswith("compile") else None
@@ -226,7 +229,8 @@ def main() -> None:
 
     print(
         f"\n{args.scales} x {args.backbone}, {args.input_size} / {args.zoom_size} px"
-        f"{f', zooms from a {args.source_size} px source' if args.source_size else ''}, {args.classes} classes; "
+        f"{f', zooms from a {args.source_size} px source' if args.source_size else ''}"
+        f"{f', {args.regions} regions per zoomed scale' if args.regions > 1 else ''}, {args.classes} classes; "
         f"train: batch {args.batch}, classification phase, {args.steps} timed steps; inference: batch 1, "
         f"{args.images} timed; torch {torch.__version__}, {args.threads} threads, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}\n"
