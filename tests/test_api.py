@@ -209,7 +209,7 @@ def test_draw_titles_the_file_and_leaves_untrained_heads_out(predictor, files, m
         seen.append(([c.text for c in captions], kwargs["title"]))
         return Image.new("RGB", (1, 1))
 
-    monkeypatch.setattr("racnn.api.draw_attention", spy)
+    monkeypatch.setattr("racnn.region_pictures.draw_attention", spy)
     [prediction] = predictor.predict(files["wide.png"], return_crops=True)
     predictor.draw(Image.open(files["wide.png"]), prediction)
     monkeypatch.setattr(predictor.model, "trained_heads", ["s1", "s2", "avg"])  # s3 not trained
