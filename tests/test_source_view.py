@@ -154,7 +154,7 @@ def test_export_takes_the_source_as_a_second_input_with_parity(tmp_path, capsys,
     torch.manual_seed(0)
     model = RACNN.from_config(cfg.model)
     path = save_checkpoint(
-        tmp_path / "m.pt", {"config": config_to_dict(cfg), "model": model.state_dict(), "class_names": ["a", "b", "c"]}
+        tmp_path / "ck.pt", {"config": config_to_dict(cfg), "model": model.state_dict(), "class_names": ["a", "b", "c"]}
     )
     out = tmp_path / f"m.{suffix}"
     code = main(["export", "--checkpoint", str(path), "--format", fmt, "--out", str(out)])
