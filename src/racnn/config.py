@@ -14,6 +14,7 @@ import math
 import reprlib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 MAX_LIST = 8  # a list-valued setting (one value per APN) holds at most this many
 
 
-def per_apn(value: float | list[float], num_scales: int) -> list[float]:
+def per_apn(value: float | Sequence[float], num_scales: int) -> list[float]:
     """A setting given once for every APN or once per APN (``model.fixed_side``, ``train.pretrain_side``), as one
     value per APN, the first APN's (on scale 1's map) first."""
     return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * (num_scales - 1)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from racnn.backbones import build_backbone, check_input_size
+from racnn.config import per_apn
 from racnn.crop import antialiased_crop, attention_crop, compose_boxes
 from racnn.heads import fusion_name
 from racnn.regions import MAX_REGIONS, REGION_POOLS, as_regions, initial_centres, pool_regions, pooled_width
@@ -198,7 +199,7 @@ class RACNN(nn.Module):
             raise ValueError(f"num_scales must be 2, 3 or 4, got {num_scales}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        fixed_sides = list(fixed_side) if isinstance(fixed_side, Sequence) else [fixed_side] * (num_scales - 1)
+        fixed_sides = per_apn(fixed_side, num_scales)
         if len(fixed_sides) != num_scales - 1:
             raise ValueError(f"fixed_side: one value, or one per APN ({num_scales - 1}), got {len(fixed_sides)}")
         self.num_scales = num_scales

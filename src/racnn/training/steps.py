@@ -96,13 +96,13 @@ def pretrain_apn_epoch(
     window of its own region's map.
     """
     prepare_phase(model, "apn_pretrain")
-    sides = ctx.train.pretrain_side  # one for every APN, or one per APN
+    sides = per_apn(ctx.train.pretrain_side, model.num_scales)  # the target side of each APN
 
     def losses(net, inputs, targets):
         out = net(*inputs)
         named = {}
         for s, boxes in enumerate(out.boxes):
-            side = per_apn(sides, len(out.boxes) + 1)[s]
+            side = sides[s]
             feature_map = out.feature_maps[s].detach().float()
             if s == 0 and boxes.dim() == 3:  # K regions proposed from one map
                 goal = region_targets(feature_map, boxes.shape[1], side=side)  # (B, K, 3)
