@@ -108,12 +108,13 @@ def _example(model: nn.Module, input_size: int, batch_size: int, seed: int = 0, 
     """Normalised-like random inputs: ``[images]``, or ``[images, source]`` with a source view of ``source_size``."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    sides = [input_size, *([source_size] if source_size else [])]
+    sides = _input_sides(input_size, source_size).values()
     return [torch.randn(batch_size, 3, side, side, generator=generator).to(device) for side in sides]
 
 
-def _input_names(source_size: int) -> list[str]:
-    return [INPUT_NAME, *([SOURCE_NAME] if source_size else [])]
+def _input_sides(input_size: int, source_size: int) -> dict[str, int]:
+    """The graph's inputs, name -> side: ``images``, and ``source`` for a model with a source view."""
+    return {INPUT_NAME: input_size, **({SOURCE_NAME: source_size} if source_size else {})}
 
 
 def _eval_wrapper(model: nn.Module) -> ExportWrapper:
@@ -152,7 +153,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _eval_wrapper(_onnx_friendly(model))
-    inputs = _input_names(source_size)
+    inputs = list(_input_sides(input_size, source_size))
     dynamic_axes = {**{name: {0: "batch"} for name in inputs}, "probs": {0: "batch"}, "logits": {1: "batch"}}
     dynamic_axes["boxes"] = {1: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -223,7 +224,8 @@ def verify_onnx(
     inputs = _example(model, input_size, batch_size, seed, source_size)
     expected = _eval_wrapper(model)(*inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {name: x.cpu().numpy() for name, x in zip(_input_names(source_size), inputs, strict=True)}
+    names = _input_sides(input_size, source_size)
+    feed = {name: x.cpu().numpy() for name, x in zip(names, inputs, strict=True)}
     got = session.run(list(OUTPUT_NAMES), feed)
     return compare_outputs([e.cpu() for e in expected], [torch.from_numpy(g) for g in got], rtol=rtol, atol=atol)
 
@@ -289,8 +291,7 @@ def write_sidecar(
     says how both views are made.
     """
     num_classes = len(class_names)
-    sides = [input_size, *([source_size] if source_size else [])]
-    meta_inputs = _input_names(source_size)
+    sides = _input_sides(input_size, source_size)
     meta = {
         "format": format,
         "class_names": list(class_names),
@@ -311,8 +312,8 @@ def write_sidecar(
         "preprocessing": "RGB in [0, 1], shorter side resized to round(input_size * resize_ratio), "
         "centre crop input_size, (x - mean) / std",
         "source_size": source_size,
-        "input_names": meta_inputs,
-        "input_shapes": {name: ["batch", 3, side, side] for name, side in zip(meta_inputs, sides, strict=True)},
+        "input_names": list(sides),
+        "input_shapes": {name: ["batch", 3, side, side] for name, side in sides.items()},
         **(extra or {}),
     }
     if source_size:
