@@ -23,6 +23,7 @@ COMMANDS = {
 }
 CORE = [
     "config",
+    "config_checks",
     "safety",
     "hub_weights",
     "precision",
