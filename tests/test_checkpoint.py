@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -148,6 +150,17 @@ def test_resume_gives_identical_weights(tmp_path, monkeypatch, caplog):
     assert resumed.metrics == straight.metrics
     strip = [{k: v for k, v in row.items() if "images_per_s" not in k} for row in resumed.history]
     assert strip == [{k: v for k, v in row.items() if "images_per_s" not in k} for row in straight.history]
+
+
+def test_a_run_ends_its_loader_workers(tmp_path):
+    """fit() frees its run: no persistent worker process outlives it, even with the garbage collector off (a later
+    collection could run inside the next run's forked workers and print tracebacks there)."""
+    gc.disable()
+    try:
+        training.fit(_config(tmp_path, "data.num_workers=1", "train.warmup.epochs=0", "train.apn.epochs=0"))
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()
 
 
 def test_data_does_not_depend_on_loader_workers(tmp_path):

@@ -12,6 +12,7 @@ May import: everything below it in ``racnn.training`` and the core modules (``ra
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import shutil
 import sys
@@ -104,6 +105,7 @@ def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
         raise ConfigError(f"train.{e}") from None
     warn_slow_bf16(device, precision.amp)
     dist_info, device = init_distributed(device)
+    run = None
     try:
         try:
             run = _Run(copy.deepcopy(cfg), device, dist_info, resume, precision)
@@ -111,6 +113,11 @@ def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
             raise e if isinstance(e, (ConfigError, CheckpointError)) else ConfigError(str(e)) from e
         return run.train()
     finally:
+        # Free the run now, and with it the loaders' persistent worker processes: left to a later garbage collection,
+        # it may happen inside a worker forked by the next run in this process, which then prints "can only test a
+        # child process" tracebacks (one process running several fits: benchmarks/accuracy.py, a notebook).
+        run = None
+        gc.collect()
         if dist_info.enabled:
             cleanup()
 
