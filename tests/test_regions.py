@@ -246,6 +246,23 @@ def test_region_panels_layout():
     assert as_regions(torch.zeros(4, 3)).shape == (4, 1, 3)
 
 
+def test_evaluate_reports_how_much_the_regions_overlap():
+    """``region_iou_s<s>``: the mean pairwise IoU of scale s's regions over every image, across uneven batches."""
+    from torch.utils.data import TensorDataset
+
+    from racnn.training import evaluate, make_eval_loader
+
+    model = _model(regions=3).eval()
+    images = _images(7)
+    metrics = evaluate(model, make_eval_loader(TensorDataset(images, torch.arange(7) % 5), 4))  # 4 + 3 images
+    with torch.no_grad():
+        out = model(images)
+    for s, boxes in enumerate(out.boxes_in_image):
+        assert metrics[f"region_iou_s{s + 2}"] == pytest.approx(overlap_penalty(boxes).item(), rel=1e-5)
+    one = evaluate(_model().eval(), make_eval_loader(TensorDataset(images, torch.arange(7) % 5), 4))
+    assert not any(key.startswith("region_iou") for key in one)  # one region: nothing to overlap
+
+
 def test_train_two_details_with_two_regions_then_eval_and_predict(tmp_path, capsys):
     from racnn.cli import main
     from racnn.config import RECIPES
@@ -262,9 +279,12 @@ def test_train_two_details_with_two_regions_then_eval_and_predict(tmp_path, caps
     for key in ("box_side_s2_r1", "box_side_s2_r2", "box_iou_s3_r2", "top1_fused"):
         assert key in metrics, key
     assert "box_side_s2" not in metrics
+    for s in (2, 3):  # the regions' mutual IoU, a mean of IoUs: in [0, 1]
+        assert 0.0 <= metrics[f"region_iou_s{s}"] <= 1.0
     assert "tail" in next(iter(metrics["per_class_top1"]))
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "ev")]) == 0
-    assert "box s2 r2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "box s2 r2" in printed and "regions' mutual IoU: s2 " in printed
     image = tmp_path / "one.png"
     from torchvision.utils import save_image
 

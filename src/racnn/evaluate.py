@@ -103,6 +103,9 @@ def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | 
             )
         else:
             lines.append(f"{name:<12} {side} {'-':>9} {'-':>6}")
+    overlaps = [key.removeprefix("region_iou_") for key in metrics if key.startswith("region_iou_s")]
+    if overlaps:  # model.regions > 1: how far apart the regions stay (0: disjoint, 1: one box)
+        lines.append("regions' mutual IoU: " + ", ".join(f"{k} {metrics[f'region_iou_{k}']:.3f}" for k in overlaps))
     return "\n".join(lines)
 
 

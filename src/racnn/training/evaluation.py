@@ -2,7 +2,7 @@
 
 Owns: :func:`evaluate` (every image once, summed over processes), the heads it reports (:func:`head_names`),
 top-1/top-5 per head, the ranking loss, attention-box statistics against object boxes (side, centre inside,
-IoU), the confusion matrix and per-class accuracy, and the files they are written to (:func:`write_eval_files`).
+IoU; with several regions, how much they overlap), the confusion matrix and per-class accuracy, and the files they are written to (:func:`write_eval_files`).
 
 May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``,
 ``racnn.training.precision``, ``racnn.regions`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing
@@ -27,7 +27,7 @@ from racnn.distributed import (
 )
 from racnn.heads import head_logits, head_names
 from racnn.losses import ranking_losses
-from racnn.regions import as_regions
+from racnn.regions import as_regions, overlap_penalty
 from racnn.safety import spreadsheet_cell
 from racnn.training.loop import model_inputs
 from racnn.training.precision import autocast
@@ -42,15 +42,17 @@ class _EvalSums:
     num_boxes: int  # zoomed scales x regions
     confusion_head: str
     device: torch.device
+    num_overlaps: int = 0  # zoomed scales whose regions' mutual IoU is summed (model.regions > 1), else 0
     topk: Tensor = None  # (H, 2) top-1 / top-5 hits per head
     confusion: Tensor = None  # (K, K) true x predicted, for confusion_head
-    scalars: Tensor = None  # n, rank loss sum, then per box: side sum, with object box, centre inside, IoU sum
+    scalars: Tensor = None  # n, rank loss sum, per box: side sum, with object box, centre inside, IoU sum;
+    # then per zoomed scale (num_overlaps): the sum over images of its regions' mean pairwise IoU
 
     def __post_init__(self) -> None:
         kw = {"dtype": torch.float64, "device": self.device}
         self.topk = torch.zeros(len(self.heads), 2, **kw)
         self.confusion = torch.zeros(self.num_classes, self.num_classes, **kw)
-        self.scalars = torch.zeros(2 + 4 * self.num_boxes, **kw)
+        self.scalars = torch.zeros(2 + 4 * self.num_boxes + self.num_overlaps, **kw)
 
     def all_reduce(self) -> None:
         for t in (self.topk, self.confusion, self.scalars):
@@ -97,7 +99,8 @@ def evaluate(
         pairs, mean over images); for the box that makes scale ``s`` (s >= 2): ``box_side_s<s>`` (side as a
         fraction of the scale-1 input side) and, when object boxes are known, ``box_in_object_s<s>`` (its centre
         lies in the object box) and ``box_iou_s<s>``, with ``n_object_boxes``; with several regions per scale
-        (``model.regions = R > 1``) each of these per region, ``box_side_s<s>_r<r>`` etc. Non-scalars:
+        (``model.regions = R > 1``) each of these per region, ``box_side_s<s>_r<r>`` etc., and ``region_iou_s<s>``,
+        the mean IoU of every pair of scale ``s``'s regions in image coordinates (0: apart, 1: one box). Non-scalars:
         ``confusion_head``, ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true
         class).
     """
@@ -109,7 +112,8 @@ def evaluate(
         raise ValueError(f"confusion_head must be one of {heads}, got {confusion_head!r}")
     # Made before the loop, so a process whose shard is empty still takes part in the all-reduce.
     regions = getattr(model, "regions", 1)
-    sums = _EvalSums(heads, model.num_classes, (model.num_scales - 1) * regions, confusion_head, device)
+    zoomed = model.num_scales - 1
+    sums = _EvalSums(heads, model.num_classes, zoomed * regions, confusion_head, device, zoomed if regions > 1 else 0)
     dtype = next(model.parameters()).dtype  # float32, or bf16 / fp16 for weights cast for inference
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -148,6 +152,8 @@ def _accumulate(sums: _EvalSums, out, targets: Tensor, margin: float, object_box
     rank = ranking_losses([z.float() for z in out.logits], targets, margin=margin)
     sums.scalars[0] += n
     sums.scalars[1] += sum(rank.values()) * n
+    for s, boxes in enumerate(out.boxes_in_image[: sums.num_overlaps]):
+        sums.scalars[2 + 4 * sums.num_boxes + s] += overlap_penalty(boxes) * n
     per_region = [region for boxes in out.boxes_in_image for region in as_regions(boxes).unbind(1)]  # scale-major
     for s, box in enumerate(per_region):
         box = box.float()  # (B, 3)
@@ -188,6 +194,8 @@ def _finalize(sums: _EvalSums, with_objects: bool, regions: int = 1) -> dict[str
             metrics["n_object_boxes"] = int(known)
             metrics[f"box_in_object_{key}"] = sums.scalars[base + 2].item() / known
             metrics[f"box_iou_{key}"] = sums.scalars[base + 3].item() / known
+    for s in range(sums.num_overlaps):
+        metrics[f"region_iou_s{s + 2}"] = sums.scalars[2 + 4 * sums.num_boxes + s].item() / n
     confusion = sums.confusion.long()
     per_class = confusion.diagonal().double() / confusion.sum(1).clamp(min=1).double()
     metrics["confusion_head"] = sums.confusion_head
