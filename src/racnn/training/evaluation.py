@@ -2,7 +2,8 @@
 
 Owns: :func:`evaluate` (every image once, summed over processes), the heads it reports (:func:`head_names`),
 top-1/top-5 per head, the ranking loss, attention-box statistics against object boxes (side, centre inside,
-IoU; with several regions, how much they overlap), the confusion matrix and per-class accuracy, and the files they are written to (:func:`write_eval_files`).
+IoU; with several regions, how much they overlap), the confusion matrix and per-class accuracy, and the files
+they are written to (:func:`write_eval_files`).
 
 May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``,
 ``racnn.training.precision``, ``racnn.regions`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing
