@@ -30,10 +30,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.min_side must be in (0, 1), got {m.min_side}")
     if m.input_size < 16 or m.zoom_size < 16:
         raise ConfigError(f"model.input_size and zoom_size must be at least 16, got {m.input_size}, {m.zoom_size}")
-    if m.region_pool not in ("mean", "max", "concat"):
-        raise ConfigError(f"model.region_pool must be mean, max or concat, got '{m.region_pool}'")
-    if t.amp not in ("auto", "none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp must be auto, none, bf16 or fp16, got '{t.amp}'")
+    _one_of("model.region_pool", m.region_pool, ("mean", "max", "concat"))
+    _one_of("train.amp", t.amp, ("auto", "none", "bf16", "fp16"))
     if not all(0 < side <= 1 for side in per_apn(t.pretrain_side, m.num_scales)):
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
     if 0 < cfg.data.source_size < m.input_size:
@@ -43,21 +41,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if t.eval_interval < -1:
         raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
-    if t.rank_coarser not in ("trained", "fixed"):
-        raise ConfigError(f"train.rank_coarser must be trained or fixed, got '{t.rank_coarser}'")
-    if t.fusion_init not in ("classifiers", "random"):
-        raise ConfigError(f"train.fusion_init must be classifiers or random, got '{t.fusion_init}'")
+    _one_of("train.rank_coarser", t.rank_coarser, ("trained", "fixed"))
+    _one_of("train.fusion_init", t.fusion_init, ("classifiers", "random"))
     if t.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
     for name in ("warmup", "apn_pretrain", "cls", "apn", "fusion"):
         phase = getattr(t, name)
-        if phase.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"train.{name}.optimizer must be sgd or adamw, got '{phase.optimizer}'")
-        if phase.scheduler not in ("cosine", "constant"):
-            raise ConfigError(f"train.{name}.scheduler must be cosine or constant, got '{phase.scheduler}'")
+        _one_of(f"train.{name}.optimizer", phase.optimizer, ("sgd", "adamw"))
+        _one_of(f"train.{name}.scheduler", phase.scheduler, ("cosine", "constant"))
         if phase.epochs < 0:
             raise ConfigError(f"train.{name}.epochs must be >= 0, got {phase.epochs}")
     check_bounds(cfg)
+
+
+def _one_of(key: str, value: Any, options: tuple[str, ...]) -> None:
+    """Refuse a choice outside ``options``: "KEY must be a, b or c, got 'value'"."""
+    if value not in options:
+        choices = ", ".join(options[:-1]) + " or " + options[-1]
+        raise ConfigError(f"{key} must be {choices}, got '{value}'")
 
 
 # Inclusive bounds of every size, count and rate. A config also arrives inside checkpoints that someone else made,
