@@ -19,7 +19,13 @@ RA-CNN variants. ``--record`` appends the tables to docs/BENCHMARKS.md with the 
 whether it has oneDNN bf16 kernels) and the date.
 
     python benchmarks/accuracy.py --data ../shared/data/cub50 --seeds 0,1 --record
+    python benchmarks/accuracy.py --data ../shared/data/cub50 --seeds 0,1 --record --resume   # after a stop
     python benchmarks/accuracy.py --data /data/CUB_200_2011 --config paper_vgg19_cub --seeds 0,1,2
+
+``--resume`` picks a stopped benchmark up in the same ``--output-dir``: the RA-CNN runs that finished there are read
+back (their test metrics from metrics.json, nothing re-evaluated; their wall time from the run folder's file times,
+config.yaml to metrics.json), the ones that stopped continue from their last.pt, the rest run; the baselines run
+again (they keep no run folder). Without it, a run whose folder is taken goes to ``name-1``.
 
 The data path is an argument; any CUB_200_2011-layout folder works unchanged (``--dataset`` for others).
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import shlex
 import sys
@@ -37,8 +44,9 @@ from statistics import mean
 
 import torch
 
+from racnn.checkpoint import load_checkpoint
 from racnn.config import Config, load_config
-from racnn.training import expand_schedule, fit, train_baseline
+from racnn.training import TrainResult, expand_schedule, fit, train_baseline
 from racnn.training.baseline import topk_accuracy
 from racnn.training.run_files import branch_run, phase_checkpoint
 from racnn.training.schedule import first_phase
@@ -64,6 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", default=",".join(MODELS), help=f"which rows, of {','.join(MODELS)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--record", action="store_true", help="append the tables to docs/BENCHMARKS.md")
+    parser.add_argument(
+        "--resume", action="store_true", help="read back the runs that finished in --output-dir, continue the stopped"
+    )
     return parser
 
 
@@ -144,6 +155,52 @@ def _branch(pre_dir: Path, cfg: Config, out: Path) -> Path:
     return branch_run(phase_checkpoint(pre_dir, schedule, first_phase(schedule, "apn") - 1), cfg, out)
 
 
+def _finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that ended: tested (metrics.json) and shipped (model.safetensors)."""
+    return (run_dir / "metrics.json").is_file() and (run_dir / "model.safetensors").is_file()
+
+
+def _read_back(run_dir: Path) -> TrainResult:
+    """The :class:`TrainResult` a finished run's :func:`fit` returned, from its files (nothing is evaluated)."""
+    state = load_checkpoint(run_dir / "last.pt")["state"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    chosen = (run_dir / "best.pt").is_file()  # as fit: the model chosen on val, else the last one
+    metrics["chosen_epoch"] = state.get("best_epoch", state["global_epoch"]) if chosen else state["global_epoch"]
+    trained = state.get("best_trained", state["trained"]) if chosen else state["trained"]
+    return TrainResult(run_dir, metrics, list(state["history"]), list(trained))
+
+
+def _seconds_between(run_dir: Path, first: str, last: str) -> float:
+    return (run_dir / last).stat().st_mtime - (run_dir / first).stat().st_mtime
+
+
+def _free(run_dir: Path) -> Path:
+    """``run_dir``, or ``name-1``, ``name-2``... if it is taken (as ``fit`` names its run folders)."""
+    n, free = 0, run_dir
+    while free.exists():
+        n += 1
+        free = run_dir.with_name(f"{run_dir.name}-{n}")
+    return free
+
+
+def fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tuple[TrainResult, float]:
+    """Fit ``cfg`` (branched off the pre-trained-only run ``branch_from``, if given) and the wall time it took.
+
+    With ``resume``, a run that finished in ``output_dir/name`` is read back and one that stopped there continues;
+    the time they ran before counts, read from their files' times (a pause inside a finished run counts too).
+    """
+    run_dir = Path(cfg.train.output_dir) / cfg.train.name
+    start = time.perf_counter()
+    if resume and _finished(run_dir):
+        return _read_back(run_dir), _seconds_between(run_dir, "config.yaml", "metrics.json")
+    if resume and (run_dir / "last.pt").is_file():
+        before = _seconds_between(run_dir, "config.yaml", "last.pt")
+        return fit(cfg, resume=run_dir), before + time.perf_counter() - start
+    if branch_from is not None:
+        return fit(cfg, resume=_branch(branch_from, cfg, _free(run_dir))), time.perf_counter() - start
+    return fit(cfg), time.perf_counter() - start
+
+
 def run(args: argparse.Namespace) -> Rows:
     seeds = [int(s) for s in args.seeds.split(",")]
     models = [m for m in args.models.split(",") if m]
@@ -164,26 +221,20 @@ def run(args: argparse.Namespace) -> Rows:
         if {"pretrained", "racnn"} & set(models):
             name = f"{cfg.train.name}_pretrained_s{seed}"
             pre_cfg = config(seed, "train.apn.epochs=0", "train.keep_phase_checkpoints=true", f"train.name={name}")
-            start = time.perf_counter()
-            pre = fit(pre_cfg)
-            pre_wall = time.perf_counter() - start
+            pre, pre_wall = fit_once(pre_cfg, args.resume)
             if "pretrained" in models:
                 rows.add(NAMES["pretrained"], seed, *_fit_row(pre), pre_wall)
             if "racnn" in models:
                 full_cfg = config(seed, f"train.name={cfg.train.name}_s{seed}")
-                start = time.perf_counter()
-                out = Path(args.output_dir) / full_cfg.train.name
-                result = fit(full_cfg, resume=_branch(pre.run_dir, full_cfg, out))
+                result, wall = fit_once(full_cfg, args.resume, branch_from=pre.run_dir)
                 shared = sum(r["global_epoch"] <= _shared_epochs(full_cfg) for r in pre.history) / len(pre.history)
-                rows.add(NAMES["racnn"], seed, *_fit_row(result), time.perf_counter() - start + shared * pre_wall)
+                rows.add(NAMES["racnn"], seed, *_fit_row(result), wall + shared * pre_wall)
         if "fixed" in models:
             side = cfg.train.pretrain_side
             fixed = config(seed, f"model.fixed_side={side}", "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
                            f"train.name={cfg.train.name}_fixed_s{seed}")  # fmt: skip
-            start = time.perf_counter()
-            result = fit(fixed)
-            val, test, per_scale = _fit_row(result)
-            rows.add(NAMES["fixed"], seed, val, test, per_scale, time.perf_counter() - start)
+            result, wall = fit_once(fixed, args.resume)
+            rows.add(NAMES["fixed"], seed, *_fit_row(result), wall)
     baselines: dict[int, dict] = {}
     if {"baseline", "ensemble"} & set(models):
         needed = sorted({s + i for s in seeds for i in range(scales if "ensemble" in models else 1)})

@@ -121,6 +121,41 @@ def test_accuracy_benchmark_reduced(tmp_path):
 
 
 @pytest.mark.slow
+def test_accuracy_benchmark_resumes(tmp_path):
+    """--resume reads finished runs back (the same rows, nothing retrained) and continues a stopped one."""
+    root = make_cub(tmp_path / "CUB_200_2011", per_class=3)
+    settings = [
+        "model.backbone=tiny", "model.pretrained=null", "model.input_size=48", "model.zoom_size=32",
+        "model.apn_hidden=16", "data.num_workers=0", "data.batch_size=8", "train.channels_last=false",
+        "train.max_steps_per_epoch=1", "train.visualize=false", "train.progress=false",
+    ]  # fmt: skip
+    runs = tmp_path / "runs"
+    args = ["benchmarks/accuracy.py", "--data", str(root), "--output-dir", str(runs), "--seeds", "0",
+            "--models", "fixed,pretrained,racnn", *[a for s in settings for a in ("--set", s)]]  # fmt: skip
+
+    def rows(out: str) -> dict[str, list[str]]:  # model -> its cells but the wall time
+        table = out.split("| model | seeds |")[0]
+        return {line.split(" | ")[0]: line.split(" | ")[1:-1] for line in table.splitlines() if " | 0 | " in line}
+
+    first = rows(_run(*args))
+    assert set(first) == {"| fixed zoom (attention off)", "| APN pre-trained only", "| RA-CNN"}
+    full = runs / "cpu_lite0_cub50_s0"
+    # The full run stopped after its last epoch, before its test: --resume continues it (it only tests).
+    (full / "metrics.json").unlink()
+    (full / "model.safetensors").unlink()
+    stamp = (runs / "cpu_lite0_cub50_pretrained_s0" / "last.pt").stat().st_mtime
+    assert rows(_run(*args, "--resume")) == first
+    assert (full / "metrics.json").is_file()
+    assert (runs / "cpu_lite0_cub50_pretrained_s0" / "last.pt").stat().st_mtime == stamp  # read back, not rerun
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "cpu_lite0_cub50_fixed_s0", "cpu_lite0_cub50_pretrained_s0", "cpu_lite0_cub50_s0"
+    ]  # fmt: skip
+    # Without --resume the runs go to new folders, beside the old ones.
+    _run(*args, "--models", "pretrained,racnn")
+    assert (runs / "cpu_lite0_cub50_pretrained_s0-1").is_dir() and (runs / "cpu_lite0_cub50_s0-1").is_dir()
+
+
+@pytest.mark.slow
 def test_apn_diagnostics_reduced(tmp_path):
     from racnn.config import RECIPES, load_config
     from racnn.training import fit
