@@ -156,6 +156,23 @@ def test_accuracy_benchmark_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_box_spread_reduced(tmp_path):
+    from racnn.config import RECIPES, load_config
+    from racnn.training import fit
+
+    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
+                "model.regions=2", "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4",
+                "data.num_workers=0", "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0",
+                "train.fusion.epochs=0", "train.visualize=false", f"train.output_dir={tmp_path}"]  # fmt: skip
+    run = fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+    out = _run("benchmarks/box_spread.py", str(run), "--split", "test", "--images", "6")
+    assert "| run | scale | region | centre x | centre y | side | std centre x |" in out
+    lines = [line for line in out.splitlines() if line.startswith(f"| {run.name} |")]
+    assert [line.split(" | ")[1:3] for line in lines] == [["2", "1"], ["2", "2"], ["3", "1"], ["3", "2"]]
+    assert all(line.endswith("| 6 |") for line in lines)
+
+
+@pytest.mark.slow
 def test_apn_diagnostics_reduced(tmp_path):
     from racnn.config import RECIPES, load_config
     from racnn.training import fit
