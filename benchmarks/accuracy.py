@@ -25,7 +25,8 @@ whether it has oneDNN bf16 kernels) and the date.
 ``--resume`` picks a stopped benchmark up in the same ``--output-dir``: the RA-CNN runs that finished there are read
 back (their test metrics from metrics.json, nothing re-evaluated; their wall time from the run folder's file times,
 config.yaml to metrics.json), the ones that stopped continue from their last.pt, the rest run; the baselines run
-again (they keep no run folder). Without it, a run whose folder is taken goes to ``name-1``.
+again (they keep no run folder). A run folder started with other settings stops it with a message. Without it, a run
+whose folder is taken goes to ``name-1``.
 
 The data path is an argument; any CUB_200_2011-layout folder works unchanged (``--dataset`` for others).
 """
@@ -45,7 +46,7 @@ from statistics import mean
 import torch
 
 from racnn.checkpoint import load_checkpoint
-from racnn.config import Config, load_config
+from racnn.config import Config, config_to_dict, load_config
 from racnn.training import TrainResult, expand_schedule, fit, train_baseline
 from racnn.training.baseline import topk_accuracy
 from racnn.training.run_files import branch_run, phase_checkpoint
@@ -170,6 +171,19 @@ def _read_back(run_dir: Path) -> TrainResult:
     return TrainResult(run_dir, metrics, list(state["history"]), list(trained))
 
 
+def _check_settings(run_dir: Path, cfg: Config) -> None:
+    """``--resume`` takes a run over only if it was started with ``cfg``'s settings (stale rows otherwise)."""
+    saved, wanted = config_to_dict(load_config(run_dir / "config.yaml")), config_to_dict(cfg)
+    if wanted["model"]["num_classes"] == 0:  # counted from the data when the run started
+        saved["model"]["num_classes"] = 0
+    changed = [f"{part}.{key}" for part in wanted for key in wanted[part] if saved[part][key] != wanted[part][key]]
+    if changed:
+        raise SystemExit(
+            f"--resume: {run_dir} was run with other settings ({', '.join(changed)}); "
+            "give another --output-dir, or leave --resume out to run it again beside it"
+        )
+
+
 def _seconds_between(run_dir: Path, first: str, last: str) -> float:
     return (run_dir / last).stat().st_mtime - (run_dir / first).stat().st_mtime
 
@@ -183,7 +197,7 @@ def _free(run_dir: Path) -> Path:
     return free
 
 
-def fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tuple[TrainResult, float]:
+def _fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tuple[TrainResult, float]:
     """Fit ``cfg`` (branched off the pre-trained-only run ``branch_from``, if given) and the wall time it took.
 
     With ``resume``, a run that finished in ``output_dir/name`` is read back and one that stopped there continues;
@@ -191,6 +205,8 @@ def fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tupl
     """
     run_dir = Path(cfg.train.output_dir) / cfg.train.name
     start = time.perf_counter()
+    if resume and (run_dir / "config.yaml").is_file():
+        _check_settings(run_dir, cfg)
     if resume and _finished(run_dir):
         return _read_back(run_dir), _seconds_between(run_dir, "config.yaml", "metrics.json")
     if resume and (run_dir / "last.pt").is_file():
@@ -221,19 +237,19 @@ def run(args: argparse.Namespace) -> Rows:
         if {"pretrained", "racnn"} & set(models):
             name = f"{cfg.train.name}_pretrained_s{seed}"
             pre_cfg = config(seed, "train.apn.epochs=0", "train.keep_phase_checkpoints=true", f"train.name={name}")
-            pre, pre_wall = fit_once(pre_cfg, args.resume)
+            pre, pre_wall = _fit_once(pre_cfg, args.resume)
             if "pretrained" in models:
                 rows.add(NAMES["pretrained"], seed, *_fit_row(pre), pre_wall)
             if "racnn" in models:
                 full_cfg = config(seed, f"train.name={cfg.train.name}_s{seed}")
-                result, wall = fit_once(full_cfg, args.resume, branch_from=pre.run_dir)
+                result, wall = _fit_once(full_cfg, args.resume, branch_from=pre.run_dir)
                 shared = sum(r["global_epoch"] <= _shared_epochs(full_cfg) for r in pre.history) / len(pre.history)
                 rows.add(NAMES["racnn"], seed, *_fit_row(result), wall + shared * pre_wall)
         if "fixed" in models:
             side = cfg.train.pretrain_side
             fixed = config(seed, f"model.fixed_side={side}", "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
                            f"train.name={cfg.train.name}_fixed_s{seed}")  # fmt: skip
-            result, wall = fit_once(fixed, args.resume)
+            result, wall = _fit_once(fixed, args.resume)
             rows.add(NAMES["fixed"], seed, *_fit_row(result), wall)
     baselines: dict[int, dict] = {}
     if {"baseline", "ensemble"} & set(models):

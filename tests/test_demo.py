@@ -150,6 +150,10 @@ def test_accuracy_benchmark_resumes(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == [
         "cpu_lite0_cub50_fixed_s0", "cpu_lite0_cub50_pretrained_s0", "cpu_lite0_cub50_s0"
     ]  # fmt: skip
+    # Runs started with other settings are not taken over.
+    proc = subprocess.run([sys.executable, *args, "--resume", "--set", "train.margin=0.1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode != 0 and "was run with other settings (train.margin)" in proc.stderr
     # Without --resume the runs go to new folders, beside the old ones.
     _run(*args, "--models", "pretrained,racnn")
     assert (runs / "cpu_lite0_cub50_pretrained_s0-1").is_dir() and (runs / "cpu_lite0_cub50_s0-1").is_dir()
