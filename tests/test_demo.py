@@ -99,16 +99,22 @@ def test_bench_train_reduced():
     assert "failed" not in row and "gave up" not in row, row  # both workers measured, with two regions
 
 
+def _accuracy_args(root: Path, runs: Path, input_size: int, zoom_size: int, steps: int) -> list[str]:
+    """benchmarks/accuracy.py on a fake CUB folder with tiny networks and ``steps`` optimiser steps per epoch."""
+    settings = [
+        "model.backbone=tiny", "model.pretrained=null", f"model.input_size={input_size}",
+        f"model.zoom_size={zoom_size}", "model.apn_hidden=16", "data.num_workers=0", "data.batch_size=8",
+        "train.channels_last=false", f"train.max_steps_per_epoch={steps}", "train.visualize=false",
+        "train.progress=false",
+    ]  # fmt: skip
+    args = ["benchmarks/accuracy.py", "--data", str(root), "--output-dir", str(runs)]
+    return args + [a for s in settings for a in ("--set", s)]
+
+
 @pytest.mark.slow
 def test_accuracy_benchmark_reduced(tmp_path):
     root = make_cub(tmp_path / "CUB_200_2011", per_class=4)
-    settings = [
-        "model.backbone=tiny", "model.pretrained=null", "model.input_size=64", "model.zoom_size=48",
-        "model.apn_hidden=32", "data.num_workers=0", "data.batch_size=8", "train.channels_last=false",
-        "train.max_steps_per_epoch=2", "train.visualize=false", "train.progress=false",
-    ]  # fmt: skip
-    args = ["benchmarks/accuracy.py", "--data", str(root), "--output-dir", str(tmp_path / "runs")]
-    out = _run(*args, *[a for s in settings for a in ("--set", s)])
+    out = _run(*_accuracy_args(root, tmp_path / "runs", input_size=64, zoom_size=48, steps=2))
     assert "| model | seed | val top-1 % | test top-1 % | test s1 | test s2 | test s3 | wall |" in out
     for model in ("baseline (1 network)", "ensemble of 3 baselines", "fixed zoom (attention off)",
                   "APN pre-trained only", "RA-CNN"):  # fmt: skip
@@ -124,14 +130,9 @@ def test_accuracy_benchmark_reduced(tmp_path):
 def test_accuracy_benchmark_resumes(tmp_path):
     """--resume reads finished runs back (the same rows, nothing retrained) and continues a stopped one."""
     root = make_cub(tmp_path / "CUB_200_2011", per_class=3)
-    settings = [
-        "model.backbone=tiny", "model.pretrained=null", "model.input_size=48", "model.zoom_size=32",
-        "model.apn_hidden=16", "data.num_workers=0", "data.batch_size=8", "train.channels_last=false",
-        "train.max_steps_per_epoch=1", "train.visualize=false", "train.progress=false",
-    ]  # fmt: skip
     runs = tmp_path / "runs"
-    args = ["benchmarks/accuracy.py", "--data", str(root), "--output-dir", str(runs), "--seeds", "0",
-            "--models", "fixed,pretrained,racnn", *[a for s in settings for a in ("--set", s)]]  # fmt: skip
+    args = _accuracy_args(root, runs, input_size=48, zoom_size=32, steps=1) + ["--seeds", "0", "--models",
+                                                                                "fixed,pretrained,racnn"]  # fmt: skip
 
     def rows(out: str) -> dict[str, list[str]]:  # model -> its cells but the wall time
         table = out.split("| model | seeds |")[0]
