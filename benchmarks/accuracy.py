@@ -188,15 +188,6 @@ def _seconds_between(run_dir: Path, first: str, last: str) -> float:
     return (run_dir / last).stat().st_mtime - (run_dir / first).stat().st_mtime
 
 
-def _free(run_dir: Path) -> Path:
-    """``run_dir``, or ``name-1``, ``name-2``... if it is taken (as ``fit`` names its run folders)."""
-    n, free = 0, run_dir
-    while free.exists():
-        n += 1
-        free = run_dir.with_name(f"{run_dir.name}-{n}")
-    return free
-
-
 def _fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tuple[TrainResult, float]:
     """Fit ``cfg`` (branched off the pre-trained-only run ``branch_from``, if given) and the wall time it took.
 
@@ -213,7 +204,7 @@ def _fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tup
         before = _seconds_between(run_dir, "config.yaml", "last.pt")
         return fit(cfg, resume=run_dir), before + time.perf_counter() - start
     if branch_from is not None:
-        return fit(cfg, resume=_branch(branch_from, cfg, _free(run_dir))), time.perf_counter() - start
+        return fit(cfg, resume=_branch(branch_from, cfg, run_dir)), time.perf_counter() - start
     return fit(cfg), time.perf_counter() - start
 
 

@@ -101,6 +101,17 @@ def test_run_folder_contents(tmp_path):
     assert training.fit(_config(tmp_path, "train.warmup.epochs=0", "train.rounds=0")).run_dir.name == "synthetic_tiny-1"
 
 
+def test_a_branch_into_a_taken_folder_gets_the_next_name(tmp_path):
+    from racnn.training.run_files import branch_run
+
+    source = save_checkpoint(tmp_path / "phase1.pt", {"config": {}, "model": {}, "state": {"best": 0.5}})
+    (tmp_path / "branch").mkdir()
+    out = branch_run(source, _config(tmp_path), tmp_path / "branch")
+    assert out.name == "branch-1" and (out / "config.yaml").is_file()
+    assert load_checkpoint(out / "last.pt")["state"]["best"] is None  # the branch chooses among its own epochs
+    assert not any((tmp_path / "branch").iterdir())  # the taken folder is left alone
+
+
 @pytest.mark.parametrize(
     ("interval", "tested"), [(1, [1, 2, 3, 4, 5, 6]), (2, [2, 3, 4, 5, 6]), (0, [2, 3, 4, 5, 6]), (-1, [6])]
 )

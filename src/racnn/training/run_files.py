@@ -94,13 +94,9 @@ def tensorboard_writer(run_dir: Path, wanted: bool):
 
 def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
     """``output_dir/name``, or ``name-1``, ``name-2``... if it exists; made by rank 0, shared with the others."""
-    base = Path(cfg.train.output_dir) / cfg.train.name
-    run_dir = base
+    run_dir = Path(cfg.train.output_dir) / cfg.train.name
     if dist_info.is_main:
-        n = 0
-        while not _made(run_dir, cfg.train.output_dir):  # another run may take a name between the test and mkdir
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
+        run_dir = _claim(run_dir, cfg.train.output_dir)
         save_config(cfg, run_dir / "config.yaml")
     if dist_info.enabled:
         import torch.distributed as dist
@@ -108,6 +104,15 @@ def new_run_dir(cfg: Config, dist_info: DistInfo) -> Path:
         holder = [str(run_dir)]
         dist.broadcast_object_list(holder, src=0)
         run_dir = Path(holder[0])
+    return run_dir
+
+
+def _claim(base: Path, output_dir: str) -> Path:
+    """Make and return ``base``, or ``name-1``, ``name-2``... if it is taken."""
+    run_dir, n = base, 0
+    while not _made(run_dir, output_dir):  # another run may take a name between the test and mkdir
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
     return run_dir
 
 
@@ -212,14 +217,16 @@ def phase_checkpoint(run_dir: Path, schedule: list[tuple[str, Any, int]], index:
 
 def branch_run(checkpoint: Path, cfg: Config, out_dir: Path) -> Path:
     """A new run folder that continues from another run's phase checkpoint (``train.keep_phase_checkpoints``)
-    with ``cfg``: ``fit(cfg, resume=out_dir)`` then runs ``cfg``'s schedule from where that phase ended.
+    with ``cfg``: ``fit(cfg, resume=<the folder returned>)`` then runs ``cfg``'s schedule from where that phase
+    ended. The folder is ``out_dir``, or ``out_dir-1``, ``out_dir-2``... if it is taken (as :func:`fit` names its
+    own).
 
     ``cfg``'s schedule must match the source run's up to that phase (e.g. the same recipe with later phases
     changed). The source's model selection is not carried over: the branch chooses among its own epochs.
     """
     ckpt = load_checkpoint(checkpoint)
     ckpt["state"]["best"] = None
-    out_dir.mkdir(parents=True)
+    out_dir = _claim(out_dir, str(out_dir.parent))
     save_config(cfg, out_dir / "config.yaml")
     save_checkpoint(out_dir / "last.pt", ckpt)
     return out_dir
