@@ -198,11 +198,11 @@ def _fit_once(cfg: Config, resume: bool, branch_from: Path | None = None) -> tup
     start = time.perf_counter()
     if resume and (run_dir / "config.yaml").is_file():
         _check_settings(run_dir, cfg)
-    if resume and _finished(run_dir):
-        return _read_back(run_dir), _seconds_between(run_dir, "config.yaml", "metrics.json")
-    if resume and (run_dir / "last.pt").is_file():
-        before = _seconds_between(run_dir, "config.yaml", "last.pt")
-        return fit(cfg, resume=run_dir), before + time.perf_counter() - start
+        if _finished(run_dir):
+            return _read_back(run_dir), _seconds_between(run_dir, "config.yaml", "metrics.json")
+        if (run_dir / "last.pt").is_file():
+            before = _seconds_between(run_dir, "config.yaml", "last.pt")
+            return fit(cfg, resume=run_dir), before + time.perf_counter() - start
     if branch_from is not None:
         return fit(cfg, resume=_branch(branch_from, cfg, run_dir)), time.perf_counter() - start
     return fit(cfg), time.perf_counter() - start
