@@ -11,12 +11,12 @@ Weights are never downloaded: the entry point loads a LOCAL racnn checkpoint (wi
 
 dependencies = ["torch", "torchvision", "timm"]
 
-from racnn.api import Predictor  # noqa: E402  (hub reads ``dependencies`` first)
-from racnn.api import load as _load  # noqa: E402
+from racnn.inference.api import Predictor  # noqa: E402  (hub reads ``dependencies`` first)
+from racnn.inference.api import load as _load  # noqa: E402
 
 
 def racnn(checkpoint: str, device: str = "cpu") -> Predictor:
-    """An RA-CNN :class:`racnn.api.Predictor` from a local checkpoint.
+    """An RA-CNN :class:`racnn.inference.api.Predictor` from a local checkpoint.
 
     Args:
         checkpoint: path to a racnn checkpoint file.

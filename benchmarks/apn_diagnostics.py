@@ -28,7 +28,7 @@ import torch
 
 from racnn.checkpoint import load_model
 from racnn.config import apply_overrides
-from racnn.losses import ranking_losses
+from racnn.modeling.losses import ranking_losses
 from racnn.training import (
     StepContext,
     build_optimizer,

@@ -64,7 +64,7 @@ def random_checkpoint(args: argparse.Namespace, folder: Path) -> Path:
 
     from racnn.checkpoint import save_checkpoint
     from racnn.config import Config, ModelConfig, config_to_dict
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
 
     torch.manual_seed(0)
     model_cfg = ModelConfig(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from racnn.crop import attention_crop
+from racnn.modeling.crop import attention_crop
 
 
 def per_sample_crop(images: Tensor, boxes: Tensor, out_size: int, k: float = 10.0) -> Tensor:

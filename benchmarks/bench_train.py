@@ -63,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _model(args):
     import torch
 
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
 
     torch.manual_seed(0)
     return RACNN(args.backbone, args.classes, args.scales, args.input_size, args.zoom_size, regions=args.regions)
@@ -130,11 +130,11 @@ def run_train(args, mode: str) -> dict:
 
 
 def run_infer_default(args) -> dict:
-    """Single images the way :class:`racnn.api.Predictor` runs them on this machine (``amp="auto"``)."""
+    """Single images the way :class:`racnn.inference.api.Predictor` runs them on this machine (``amp="auto"``)."""
     import torch
 
     from racnn.config import TrainConfig
-    from racnn.model_pictures import eval_forward
+    from racnn.pictures.model_pictures import eval_forward
     from racnn.precision import inference_input, prepare_for_inference
 
     chosen = _default_precision(TrainConfig(amp="auto", channels_last=True))  # the Predictor's defaults

@@ -17,7 +17,7 @@ import torch
 
 from racnn.checkpoint import find_model_file, load_model
 from racnn.config import apply_overrides
-from racnn.regions import as_regions
+from racnn.modeling.regions import as_regions
 from racnn.training import build_split, make_eval_loader
 
 HEADER = "| run | scale | region | centre x | centre y | side | std centre x | std centre y | std side | images |"

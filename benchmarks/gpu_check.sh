@@ -19,7 +19,7 @@ import sys, time
 import torch
 from racnn.config import load_config
 from racnn.training import fit
-from racnn.model import RACNN
+from racnn.modeling.model import RACNN
 
 data, epochs = sys.argv[1], int(sys.argv[2])
 assert torch.cuda.is_available(), "no CUDA device visible"

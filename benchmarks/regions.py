@@ -32,8 +32,8 @@ import torch
 from accuracy import machine
 from racnn.checkpoint import load_model
 from racnn.config import load_config
-from racnn.heads import answer_head
-from racnn.regions import as_regions
+from racnn.modeling.heads import answer_head
+from racnn.modeling.regions import as_regions
 from racnn.training import build_split, fit, make_eval_loader
 from racnn.training.loop import model_inputs
 

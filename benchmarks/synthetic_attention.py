@@ -36,7 +36,7 @@ import torch
 
 from accuracy import machine
 from racnn.checkpoint import load_model
-from racnn.demo import demo_config
+from racnn.cli.demo import demo_config
 from racnn.training import build_split, evaluate, expand_schedule, fit, make_eval_loader, object_boxes_in_input
 from racnn.training.run_files import branch_run, phase_checkpoint
 from racnn.training.schedule import first_phase

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from racnn.api import Predictor
 from racnn.checkpoint import save_checkpoint
 from racnn.config import Config, ModelConfig, config_to_dict
-from racnn.model import RACNN
+from racnn.inference.api import Predictor
+from racnn.modeling.model import RACNN
 
 CLASS_NAMES = ["sparrow", "warbler", "wren", "finch"]
 IMAGE_SIZES = {"wide.png": (80, 60), "tall.jpg": (50, 90), "square.png": (70, 70)}  # name -> (W, H)

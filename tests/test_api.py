@@ -1,4 +1,5 @@
-"""racnn.api: load a checkpoint, predict on PIL / path / tensor input, map boxes back to the original image."""
+"""racnn.inference.api: load a checkpoint, predict on PIL / path / tensor input, map boxes back to the original
+image."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, make_checkpoint, write_images
-from racnn.api import ClassScore, Prediction, Predictor, PreparedImage, load
 from racnn.checkpoint import CheckpointError
+from racnn.inference.api import ClassScore, Prediction, Predictor, PreparedImage, load
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def test_draw_titles_the_file_and_leaves_untrained_heads_out(predictor, files, m
         seen.append(([c.text for c in captions], kwargs["title"]))
         return Image.new("RGB", (1, 1))
 
-    monkeypatch.setattr("racnn.region_pictures.draw_attention", spy)
+    monkeypatch.setattr("racnn.pictures.region_pictures.draw_attention", spy)
     [prediction] = predictor.predict(files["wide.png"], return_crops=True)
     predictor.draw(Image.open(files["wide.png"]), prediction)
     monkeypatch.setattr(predictor.model, "trained_heads", ["s1", "s2", "avg"])  # s3 not trained

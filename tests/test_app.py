@@ -32,13 +32,13 @@ pytest.importorskip("starlette", reason="racnn app needs the app extra: pip inst
 pytest.importorskip("uvicorn", reason="racnn app needs the app extra: pip install 'racnn[app]'")
 
 from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, app_files  # noqa: E402
-from racnn.api import Predictor, load  # noqa: E402
 from racnn.app import MISSING_EXTRA  # noqa: E402
 from racnn.app.inference import Busy, ImageError, InferenceQueue, decode_image  # noqa: E402
 from racnn.app.server import BackgroundServer, Limits, RequestError, bind, create_app, parse_multipart  # noqa: E402
 from racnn.cli import main as cli_main  # noqa: E402
 from racnn.data.io import load_image  # noqa: E402
-from racnn.visualize import SCALE_COLORS  # noqa: E402
+from racnn.inference.api import Predictor, load  # noqa: E402
+from racnn.pictures.visualize import SCALE_COLORS  # noqa: E402
 
 BOUNDARY = "racnn-test-7c1e"
 REPO = Path(__file__).resolve().parents[1]

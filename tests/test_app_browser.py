@@ -19,9 +19,9 @@ pytest.importorskip("uvicorn", reason="racnn app needs the app extra: pip instal
 
 from chromium import BrowserError, Chromium, find_chromium  # noqa: E402
 from inference_fixtures import IMAGE_SIZES, app_files  # noqa: E402
-from racnn.api import Predictor, load  # noqa: E402
 from racnn.app.server import BackgroundServer, Limits, create_app  # noqa: E402
-from racnn.visualize import SCALE_COLORS  # noqa: E402
+from racnn.inference.api import Predictor, load  # noqa: E402
+from racnn.pictures.visualize import SCALE_COLORS  # noqa: E402
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from inference_fixtures import write_images
-from racnn.api import load
 from racnn.checkpoint import CheckpointError, find_model_file, load_model
 from racnn.cli import main
 from racnn.config import RECIPES
+from racnn.inference.api import load
 
 TINY = [
     "model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",

@@ -8,7 +8,7 @@ import timm
 import torch
 import torchvision
 
-from racnn.backbones import (
+from racnn.modeling.backbones import (
     Backbone,
     build_backbone,
     check_input_size,

@@ -231,7 +231,7 @@ def test_fusion_phase_starts_from_the_summed_classifiers(tmp_path, init):
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_checkpoints_and_weights_are_written_with_the_umask(tmp_path, umask, mode):
     from racnn.config import Config
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
     from racnn.training.run_files import save_safetensors
 
     old = os.umask(umask)
@@ -247,7 +247,7 @@ def test_checkpoints_and_weights_are_written_with_the_umask(tmp_path, umask, mod
 
 def test_backbone_kwargs_are_stored_and_rebuild_the_model(tmp_path):
     from racnn.config import Config, config_to_dict
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
 
     cfg = Config()
     cfg.model.backbone, cfg.model.backbone_kwargs = "timm:vit_tiny_patch16_224", {"img_size": 64}
@@ -261,3 +261,24 @@ def test_backbone_kwargs_are_stored_and_rebuild_the_model(tmp_path):
     pos_embed = "backbones.0.body.model.pos_embed"
     assert loaded.state_dict()[pos_embed].shape == (1, 17, 192)  # 4 x 4 patches + the class token, not 14 x 14
     assert torch.equal(loaded.state_dict()[pos_embed], model.state_dict()[pos_embed])
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_a_checkpoint_written_before_the_folders_still_loads(tmp_path):
+    """tests/fixtures/racnn_0.1_tiny.pt was written by racnn 0.1.0 when every module sat at the package root (before
+    issue #24): it loads through racnn.load and answers as it did then (same classes, probabilities, boxes)."""
+    import racnn
+    from inference_fixtures import write_images
+
+    recorded = json.loads((FIXTURES / "racnn_0.1_tiny.json").read_text())["predictions"]
+    images = write_images(tmp_path)
+    predictor = racnn.load(FIXTURES / "racnn_0.1_tiny.pt", device="cpu", amp="none")
+    for name, expected in recorded.items():
+        prediction = predictor.predict(images[name], topk=4)[0]
+        assert [c.index for c in prediction.topk] == [index for index, _ in expected["topk"]]
+        probs = torch.tensor([float(c.prob) for c in prediction.topk])
+        assert torch.allclose(probs, torch.tensor([p for _, p in expected["topk"]]), atol=1e-5)
+        boxes = torch.tensor([[float(v) for v in box] for box in prediction.boxes])
+        assert torch.allclose(boxes, torch.tensor(expected["boxes"]), atol=1e-2)

@@ -13,9 +13,12 @@ import pytest
 import yaml
 
 import racnn
-from racnn import cli_flags, export_cli, precision, verify_cli
+from racnn import precision
 from racnn.cli import COMMANDS, DATA_COMMANDS, get_args_parser, main
-from racnn.cli_flags import configure_logging
+from racnn.cli import export as export_cli
+from racnn.cli import flags as cli_flags
+from racnn.cli import verify as verify_cli
+from racnn.cli.flags import configure_logging
 from racnn.config import RECIPES, PhaseConfig
 from racnn.training.run_files import eta_text, format_duration, seconds_left
 from racnn.training.schedule import run_position
@@ -57,7 +60,7 @@ def test_package_root_is_lazy_and_complete():
     assert proc.stdout.splitlines() == [f"False {racnn.__version__}", "[] []"]
     from racnn import RACNN, load  # on first use, from their modules
 
-    assert RACNN.__module__ == "racnn.model" and load.__module__ == "racnn.api"
+    assert RACNN.__module__ == "racnn.modeling.model" and load.__module__ == "racnn.inference.api"
     assert racnn.__all__ == sorted(racnn._EXPORTS)
     assert all(getattr(racnn, name) is not None for name in racnn.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -66,7 +69,7 @@ def test_package_root_is_lazy_and_complete():
 
 def test_the_library_leaves_logging_to_its_user():
     for path in SRC.rglob("*.py"):
-        assert "basicConfig" not in path.read_text(), path  # only racnn.cli_flags sets up a handler, when asked
+        assert "basicConfig" not in path.read_text(), path  # only racnn.cli.flags sets up a handler, when asked
 
 
 @pytest.mark.parametrize(
@@ -149,8 +152,8 @@ def test_cli_logging_levels(capsys):
 
 def test_help_texts_that_name_torch_side_values_stay_true():
     from racnn.data import dataset_names
-    from racnn.export import DEFAULT_OPSET
-    from racnn.parity import ATOL, RTOL
+    from racnn.inference.export import DEFAULT_OPSET
+    from racnn.inference.parity import ATOL, RTOL
 
     assert export_cli.OPSET_HELP == DEFAULT_OPSET
     assert (export_cli.RTOL, export_cli.ATOL) == (RTOL, ATOL)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from racnn.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
+from racnn.modeling.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
 
 
 def _sigmoid(t: float) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from racnn.crop import antialiased_crop, attention_crop, image_pyramid
-from racnn.losses import ranking_losses
-from racnn.model import RACNN
+from racnn.modeling.crop import antialiased_crop, attention_crop, image_pyramid
+from racnn.modeling.losses import ranking_losses
+from racnn.modeling.model import RACNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import make_aircraft, make_cub, make_dogs, make_folder, truncate, write_image, write_noise_jpeg
-from racnn import verify_cli
 from racnn.cli import main
+from racnn.cli import verify as verify_cli
 from racnn.data.verify import verify_dataset
 
 

@@ -13,7 +13,7 @@ import torch
 from data_fixtures import make_cub
 from racnn.checkpoint import load_checkpoint
 from racnn.cli import main as cli_main
-from racnn.demo import accuracy_rows, demo_config, format_table
+from racnn.cli.demo import accuracy_rows, demo_config, format_table
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import torch
 from inference_fixtures import CLASS_NAMES, make_checkpoint, write_images
 from racnn.checkpoint import load_model
 from racnn.cli import main
-from racnn.export import (
+from racnn.inference.export import (
     OUTPUT_NAMES,
     ExportWrapper,
     _MatmulAdaptiveAvgPool2d,
@@ -163,7 +163,7 @@ def test_cli_no_check_skips_the_comparison(checkpoint, tmp_path, capsys, monkeyp
     def fail(*args, **kwargs):
         raise AssertionError("--no-check ran the parity check")
 
-    monkeypatch.setattr("racnn.export.verify_torchscript", fail)
+    monkeypatch.setattr("racnn.inference.export.verify_torchscript", fail)
     out = tmp_path / "racnn.pt"
     code = main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out), "--no-check"])
     stdout, stderr = capsys.readouterr()

@@ -11,7 +11,7 @@ import torch
 
 import racnn
 from racnn.config import load_config
-from racnn.heads import answer_head, head_names, heads_trained_by, is_trained
+from racnn.modeling.heads import answer_head, head_names, heads_trained_by, is_trained
 from racnn.training import fit
 from test_checkpoint import CONFIG, TINY
 

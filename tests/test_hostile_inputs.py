@@ -22,11 +22,11 @@ from PIL import Image
 import racnn.checkpoint as checkpoint_module
 from data_fixtures import make_cub, make_folder, write_image
 from inference_fixtures import CLASS_NAMES, make_checkpoint, write_images
-from racnn.api import load
 from racnn.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, load_model, save_checkpoint
 from racnn.cli import main
 from racnn.config import RECIPES, ConfigError, load_config
 from racnn.data import DataProblemsWarning, ImageLoadError, build_dataset, load_image
+from racnn.inference.api import load
 from racnn.safety import printable
 
 CONFIG = str(RECIPES / "synthetic_tiny.yaml")
@@ -504,14 +504,15 @@ def test_an_empty_test_split_is_refused_before_training(tmp_path, capsys):
 def test_imagenet_download_failure_is_one_line(tmp_path, monkeypatch, capsys):
     from urllib.error import URLError
 
-    import racnn.backbones as backbones
-    import racnn.hub_weights as hub_weights
+    import racnn.modeling.backbones as backbones
+    import racnn.modeling.hub_weights as hub_weights
 
     def offline(backbone, name):
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(backbones, "_torchvision_imagenet", offline)
-    # The host answered (else racnn.hub_weights stops first: tests/test_hub_weights.py); the download then failed.
+    # The host answered (else racnn.modeling.hub_weights stops first: tests/test_hub_weights.py); the download then
+    # failed.
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
     monkeypatch.setattr(hub_weights, "host_reachable", lambda *args, **kwargs: True)
     assert main(_train_args(tmp_path, "model.backbone=resnet18", "model.pretrained=imagenet")) == 2
@@ -520,7 +521,7 @@ def test_imagenet_download_failure_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_a_weight_file_that_holds_no_tensors_is_named(tmp_path):
-    from racnn.backbones import build_backbone
+    from racnn.modeling.backbones import build_backbone
 
     text = tmp_path / "weights.pth"
     text.write_text("not weights\n")
@@ -558,7 +559,7 @@ def test_synthetic_sizes_are_bounded():
 
 
 def test_class_names_are_plain_text_in_the_confusion_picture(tmp_path):
-    from racnn.plots import plot_confusion_matrix
+    from racnn.pictures.plots import plot_confusion_matrix
 
     path = plot_confusion_matrix([[1, 0], [0, 1]], ["a$\\foo{$", "b"], tmp_path / "c.png")
     assert path.stat().st_size > 1000  # mathtext would have refused "\foo" at the run's last step
@@ -581,7 +582,7 @@ def test_disk_full_while_writing_safetensors_says_so_and_keeps_the_old_file(tmp_
     import safetensors.torch
 
     from racnn.config import Config
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
     from racnn.training import run_files
 
     path = tmp_path / "model.safetensors"

@@ -13,10 +13,10 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-import racnn.hub_weights as hub_weights
+import racnn.modeling.hub_weights as hub_weights
 import racnn.training as training
-from racnn.backbones import build_backbone
 from racnn.config import RECIPES, ConfigError, load_config
+from racnn.modeling.backbones import build_backbone
 
 
 def _no_download(*args, **kwargs):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
+from racnn.modeling.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
 
 
 def _softmax(row: list[float]) -> list[float]:

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from racnn.crop import attention_crop, compose_boxes
-from racnn.losses import ranking_losses
-from racnn.model import APN, RACNN, RACNNOutput, apn_boxes
+from racnn.modeling.crop import attention_crop, compose_boxes
+from racnn.modeling.losses import ranking_losses
+from racnn.modeling.model import APN, RACNN, RACNNOutput, apn_boxes
 
 NUM_CLASSES = 5
 

@@ -1,4 +1,5 @@
-"""racnn.model_pictures: attention_grid's rows and boxes, untrained heads left out, the model's modes restored."""
+"""racnn.pictures.model_pictures: attention_grid's rows and boxes, untrained heads left out, the model's modes
+restored."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import torch
 from PIL import Image
 
 from picture_helpers import colours, edge_pixels
-from racnn.model import RACNN
-from racnn.model_pictures import attention_grid, attention_rows
-from racnn.visualize import GAP, MIN_PANEL, RIGHT_COLOR, ROW_GAP, SCALE_COLORS, WRONG_COLOR
+from racnn.modeling.model import RACNN
+from racnn.pictures.model_pictures import attention_grid, attention_rows
+from racnn.pictures.visualize import GAP, MIN_PANEL, RIGHT_COLOR, ROW_GAP, SCALE_COLORS, WRONG_COLOR
 
 
 def test_attention_grid_rows_boxes_and_restored_modes():
@@ -58,7 +59,7 @@ def test_attention_grid_leaves_untrained_heads_out(monkeypatch):
         seen.append(([c.text for c in captions], kwargs["title"].text))
         return Image.new("RGB", (10, 10))
 
-    monkeypatch.setattr("racnn.region_pictures.draw_attention", spy)
+    monkeypatch.setattr("racnn.pictures.region_pictures.draw_attention", spy)
     images = torch.randn(1, 3, 32, 32)
     model.trained_heads = ["s1", "s2", "avg"]  # no fusion phase yet
     attention_grid(model, images, model.mean, model.std, ["x", "y"], targets=[0])

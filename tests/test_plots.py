@@ -1,10 +1,10 @@
-"""racnn.plots: training curves with one colour per scale in both panels, fused drawn once, phases named."""
+"""racnn.pictures.plots: training curves with one colour per scale in both panels, fused drawn once, phases named."""
 
 from __future__ import annotations
 
 from matplotlib.colors import to_hex
 
-from racnn.plots import plot_training_curves, training_curves_figure
+from racnn.pictures.plots import plot_training_curves, training_curves_figure
 
 
 def _history() -> list[dict]:

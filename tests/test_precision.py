@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from inference_fixtures import CLASS_NAMES, make_checkpoint, write_images
-from racnn.api import load
 from racnn.cli import main
 from racnn.config import ConfigError
+from racnn.inference.api import load
 from racnn.precision import choose_precision, fast_bf16, resolve_amp
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")

@@ -12,10 +12,18 @@ import pytest
 from PIL import Image
 
 from inference_fixtures import CLASS_NAMES, IMAGE_SIZES, make_checkpoint, write_images
-from racnn.api import load
 from racnn.cli import main
-from racnn.predict import viz_names
-from racnn.visualize import GAP, LINE_HEIGHT, MIN_PANEL, RIGHT_COLOR, SCALE_COLORS, WRONG_COLOR, attention_layout
+from racnn.cli.predict import viz_names
+from racnn.inference.api import load
+from racnn.pictures.visualize import (
+    GAP,
+    LINE_HEIGHT,
+    MIN_PANEL,
+    RIGHT_COLOR,
+    SCALE_COLORS,
+    WRONG_COLOR,
+    attention_layout,
+)
 
 
 @pytest.fixture(scope="module")

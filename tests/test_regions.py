@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 from inference_fixtures import CLASS_NAMES, tiny_config, write_images
-from racnn.api import Predictor
 from racnn.config import ConfigError, ModelConfig, load_config
-from racnn.crop import attention_crop, boxes_to_xyxy, compose_boxes
-from racnn.losses import apn_pretrain_loss, apn_targets, region_targets
-from racnn.model import RACNN
-from racnn.region_pictures import REGION_COLORS, region_panels
-from racnn.regions import as_regions, initial_centres, overlap_penalty, pairwise_iou, pool_regions
+from racnn.inference.api import Predictor
+from racnn.modeling.crop import attention_crop, boxes_to_xyxy, compose_boxes
+from racnn.modeling.losses import apn_pretrain_loss, apn_targets, region_targets
+from racnn.modeling.model import RACNN
+from racnn.modeling.regions import as_regions, initial_centres, overlap_penalty, pairwise_iou, pool_regions
+from racnn.pictures.region_pictures import REGION_COLORS, region_panels
 from racnn.training.evaluation import _iou
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -178,7 +178,7 @@ def test_region_targets_are_the_strongest_disjoint_windows_and_matching_ignores_
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_parity_with_two_regions(tmp_path, fmt):
-    from racnn.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript, write_sidecar
+    from racnn.inference.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript, write_sidecar
 
     model = _model(2).eval()
     if fmt == "onnx":

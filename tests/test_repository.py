@@ -11,6 +11,6 @@ MARKER = re.compile(r"^(<{7}|>{7}) ", re.MULTILINE)  # what git writes around a 
 
 def test_no_conflict_markers_in_code_or_docs():
     files = [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("src/racnn/**/*.py"), *REPO.glob("tests/*.py")]
-    files += [*REPO.glob("src/racnn/configs/*.yaml"), *REPO.glob("benchmarks/*.py")]
+    files += [*REPO.glob("src/racnn/config/recipes/*.yaml"), *REPO.glob("benchmarks/*.py")]
     marked = [str(p.relative_to(REPO)) for p in files if MARKER.search(p.read_text(encoding="utf-8"))]
     assert marked == []

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 import racnn.training as training
-from racnn.api import Predictor, load
 from racnn.checkpoint import save_checkpoint
 from racnn.cli import main
 from racnn.config import RECIPES, Config, ConfigError, DataConfig, ModelConfig, config_to_dict, load_config
 from racnn.data import SourceViews, build_transforms
-from racnn.model import RACNN
+from racnn.inference.api import Predictor, load
+from racnn.modeling.model import RACNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ import racnn.training as training
 import racnn.training.schedule as training_schedule
 import racnn.training.steps as training_steps
 from racnn.config import RECIPES, ConfigError, TrainConfig, load_config
-from racnn.model import RACNN
+from racnn.modeling.model import RACNN
 from racnn.training import (
     StepContext,
     build_optimizer,
@@ -262,13 +262,3 @@ def test_synthetic_scale2_beats_scale1(tmp_path):
     metrics = training.fit(cfg).metrics
     assert metrics["top1_s2"] > metrics["top1_s1"] + 0.02, {k: metrics[k] for k in ("top1_s1", "top1_s2")}
     assert metrics["box_in_object_s2"] > 0.6
-
-
-def test_deprecated_engine_alias_warns_and_keeps_every_public_name():
-    import importlib
-    import sys
-
-    sys.modules.pop("racnn.engine", None)
-    with pytest.warns(DeprecationWarning, match="racnn.training"):
-        engine = importlib.import_module("racnn.engine")
-    assert all(getattr(engine, name) is getattr(training, name) for name in training.__all__)

@@ -1,4 +1,4 @@
-"""racnn.visualize: exact layout and box pixels of draw_attention, upscaling, wrapped captions, title, legend,
+"""racnn.pictures.visualize: exact layout and box pixels of draw_attention, upscaling, wrapped captions, title, legend,
 right/wrong marks, stacked rows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from picture_helpers import colours, edge_pixels
-from racnn.visualize import (
+from racnn.pictures.visualize import (
     FONT_SIZE,
     GAP,
     LINE_HEIGHT,

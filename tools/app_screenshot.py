@@ -21,9 +21,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from chromium import Chromium, find_chromium  # noqa: E402
-from racnn.api import load  # noqa: E402
 from racnn.app.server import BackgroundServer, create_app  # noqa: E402
 from racnn.data.synthetic import SyntheticFineGrained  # noqa: E402
+from racnn.inference.api import load  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

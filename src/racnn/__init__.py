@@ -15,28 +15,28 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "Prediction": "racnn.api",
-    "Predictor": "racnn.api",
-    "load": "racnn.api",
-    "build_backbone": "racnn.backbones",
-    "list_backbones": "racnn.backbones",
+    "Prediction": "racnn.inference.api",
+    "Predictor": "racnn.inference.api",
+    "load": "racnn.inference.api",
+    "build_backbone": "racnn.modeling.backbones",
+    "list_backbones": "racnn.modeling.backbones",
     "Config": "racnn.config",
     "load_config": "racnn.config",
-    "AttentionCrop": "racnn.crop",
-    "attention_crop": "racnn.crop",
-    "boxes_to_xyxy": "racnn.crop",
-    "compose_boxes": "racnn.crop",
-    "xyxy_to_boxes": "racnn.crop",
-    "apn_pretrain_loss": "racnn.losses",
-    "apn_targets": "racnn.losses",
-    "classification_losses": "racnn.losses",
-    "ranking_losses": "racnn.losses",
-    "RACNN": "racnn.model",
-    "RACNNOutput": "racnn.model",
+    "AttentionCrop": "racnn.modeling.crop",
+    "attention_crop": "racnn.modeling.crop",
+    "boxes_to_xyxy": "racnn.modeling.crop",
+    "compose_boxes": "racnn.modeling.crop",
+    "xyxy_to_boxes": "racnn.modeling.crop",
+    "apn_pretrain_loss": "racnn.modeling.losses",
+    "apn_targets": "racnn.modeling.losses",
+    "classification_losses": "racnn.modeling.losses",
+    "ranking_losses": "racnn.modeling.losses",
+    "RACNN": "racnn.modeling.model",
+    "RACNNOutput": "racnn.modeling.model",
 }
 
 __all__ = [
@@ -61,12 +61,12 @@ __all__ = [
 ]  # the keys of _EXPORTS
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from racnn.api import Prediction, Predictor, load
-    from racnn.backbones import build_backbone, list_backbones
     from racnn.config import Config, load_config
-    from racnn.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
-    from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
-    from racnn.model import RACNN, RACNNOutput
+    from racnn.inference.api import Prediction, Predictor, load
+    from racnn.modeling.backbones import build_backbone, list_backbones
+    from racnn.modeling.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
+    from racnn.modeling.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses
+    from racnn.modeling.model import RACNN, RACNNOutput
 
 
 def __getattr__(name: str) -> Any:

@@ -196,7 +196,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     ``path`` is a ``best.pt`` / ``last.pt``, a ``model.safetensors`` written by training, or a run folder
     (:func:`find_model_file` picks the file; ``model.source`` names it).
     """
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
 
     path = find_model_file(path)
     ckpt = _load_safetensors(path) if path.is_file() and _is_safetensors(_head(path)) else None
@@ -280,7 +280,7 @@ def _check_shapes(cfg: Config, state: dict[str, torch.Tensor], described: str) -
     So a config that asks for more than its weights hold (``apn_hidden`` far above the stored fc) is refused
     before the real model is allocated: a checkpoint can make racnn allocate about what its file holds, no more.
     """
-    from racnn.model import RACNN
+    from racnn.modeling.model import RACNN
 
     try:
         with torch.device("meta"):

@@ -8,22 +8,27 @@ cuDNN) have their fastest kernels for it. Training runs under ``torch.autocast``
 casts the weights once (:func:`prepare_for_inference`), which on a CPU is several times faster than autocast,
 whose per-call weight casts dominate a forward pass.
 
+Training's autocast context for ``train.amp`` (:func:`autocast`) lives here too: one module for the rule and
+both its uses.
+
 May import: torch, ``racnn.config``.
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from racnn.config import ConfigError
+from racnn.config.schema import ConfigError
 
 __all__ = [
     "AMP_CHOICES",
     "Precision",
+    "autocast",
     "channels_last_helps",
     "choose_precision",
     "fast_bf16",
@@ -118,3 +123,12 @@ def inference_input(images: Tensor, precision: Precision) -> Tensor:
     """A ``(B, 3, H, W)`` batch in the dtype and layout :func:`prepare_for_inference` gave the model."""
     images = images.to(precision.dtype)
     return images.contiguous(memory_format=torch.channels_last) if precision.channels_last else images
+
+
+def autocast(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` in ``auto | none | bf16 | fp16`` (fp16 needs CUDA: it needs a gradient
+    scaler; ``auto`` is resolved by :func:`resolve_amp`)."""
+    amp = resolve_amp(amp, device)
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

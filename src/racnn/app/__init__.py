@@ -19,7 +19,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size, add_device
+from racnn.cli.flags import CHECKPOINT_HELP, add_amp, add_batch_size, add_device
 from racnn.config import ConfigError, resolve_device
 
 MISSING_EXTRA = "error: racnn app needs the web server of the app extra (starlette, uvicorn): pip install 'racnn[app]'"
@@ -57,9 +57,9 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
-    from racnn.api import load
     from racnn.app.server import Limits, bind, create_app, serve
     from racnn.checkpoint import CheckpointError
+    from racnn.inference.api import load
 
     positive = {"--topk": args.topk, "--max-mb": args.max_mb, "--max-files": args.max_files}
     positive |= {"--max-megapixels": args.max_megapixels, "--queue": args.queue, "--batch-size": args.batch_size}

@@ -1,8 +1,8 @@
 """Inference shared by many clients: decode untrusted image bytes safely, and one worker thread that batches the
-queued images through one :class:`racnn.api.Predictor`.
+queued images through one :class:`racnn.inference.api.Predictor`.
 
 Owns the rules for uploaded bytes (accepted formats, the pixel limit, truncated files) and the bounded queue
-between request handlers and the model. May import racnn.api, racnn.data.io, PIL and torch; no web framework
+between request handlers and the model. May import racnn.inference.api, racnn.data.io, PIL and torch; no web framework
 (``racnn.app.server`` builds the HTTP side on this).
 """
 
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from racnn.api import Prediction, Predictor, PreparedImage
 from racnn.data.io import to_rgb  # the data layer's mode conversion, so an upload reads as `racnn predict` reads it
+from racnn.inference.api import Prediction, Predictor, PreparedImage
 
 __all__ = ["FORMATS", "Busy", "ImageError", "InferenceQueue", "decode_image"]
 
@@ -139,11 +139,11 @@ class InferenceQueue:
         """Queue images, all or none.
 
         Args:
-            images: preprocessed images (:meth:`racnn.api.Predictor.prepare`).
+            images: preprocessed images (:meth:`racnn.inference.api.Predictor.prepare`).
             crops: also return each zoomed scale's input (``Prediction.crops``).
 
         Returns:
-            One ``concurrent.futures.Future`` per image, resolving to its :class:`racnn.api.Prediction`.
+            One ``concurrent.futures.Future`` per image, resolving to its :class:`racnn.inference.api.Prediction`.
 
         Raises:
             Busy: the queue has no room for all of them, or it is closed.

@@ -31,9 +31,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from racnn.api import Prediction, Predictor, PreparedImage
 from racnn.app.inference import Busy, ImageError, InferenceQueue, decode_image
-from racnn.visualize import SCALE_COLORS
+from racnn.inference.api import Prediction, Predictor, PreparedImage
+from racnn.pictures.visualize import SCALE_COLORS
 
 __all__ = ["BackgroundServer", "Limits", "RequestError", "Upload", "bind", "create_app", "parse_multipart", "serve"]
 

@@ -159,7 +159,7 @@ class CUB200(ImageDataset):
 
     def object_boxes(self) -> Tensor | None:
         """``(N, 4)`` object boxes as normalised ``(x1, y1, x2, y2)`` of each original image (x by its width,
-        y by its height; the convention of ``racnn.crop.boxes_to_xyxy(..., image_size=None)``), or None
+        y by its height; the convention of ``racnn.modeling.crop.boxes_to_xyxy(..., image_size=None)``), or None
         without ``bounding_boxes.txt``. Rows of unreadable images are NaN."""
         if self.boxes is None:
             return None

@@ -55,7 +55,8 @@ class SyntheticSample:
     """Ground truth of one synthetic sample.
 
     Boxes are ``(x1, y1, x2, y2)`` in normalised image coordinates (x by width, y by height, origin top-left),
-    the convention of ``racnn.crop.boxes_to_xyxy(..., image_size=None)``; multiply by ``image_size`` for pixels.
+    the convention of ``racnn.modeling.crop.boxes_to_xyxy(..., image_size=None)``; multiply by ``image_size`` for
+    pixels.
 
     Attributes:
         index: position in the data set.

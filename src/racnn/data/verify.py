@@ -1,5 +1,5 @@
 """Check a data set's layout, annotations and every image (:func:`verify_dataset`), and lay the findings out as a
-table (:meth:`VerifyReport.format`). The command ``racnn data verify`` is :mod:`racnn.verify_cli`.
+table (:meth:`VerifyReport.format`). The command ``racnn data verify`` is :mod:`racnn.cli.verify`.
 """
 
 from __future__ import annotations

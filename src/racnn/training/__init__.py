@@ -4,7 +4,7 @@
   fusion), what each trains and which modules stay in eval mode; one optimiser and schedule per phase.
 - :mod:`~racnn.training.steps`: one short function per phase's losses.
 - :mod:`~racnn.training.loop`: the epoch loop (mixed precision, accumulation, the non-finite check, progress).
-- :mod:`~racnn.training.precision`: autocast for ``train.amp``.
+- :mod:`~racnn.precision`: autocast for ``train.amp``.
 - :mod:`~racnn.training.evaluation`: :func:`evaluate` and its metrics (top-k, boxes, confusion).
 - :mod:`~racnn.training.loaders`: seeded items, samplers and loaders, the data sets of a config, object boxes.
 - :mod:`~racnn.training.run`: :func:`fit`, the whole run (checkpoints, resume, logs, pictures), with the files
@@ -18,6 +18,7 @@ Example:
     >>> result.metrics["top1_fused"]  # doctest: +SKIP
 """
 
+from racnn.precision import autocast
 from racnn.training.baseline import SingleScaleBaseline, train_baseline
 from racnn.training.evaluation import evaluate, head_names, scalar_metrics, write_eval_files
 from racnn.training.loaders import (
@@ -28,7 +29,6 @@ from racnn.training.loaders import (
     object_boxes_in_input,
 )
 from racnn.training.loop import NonFiniteLossError, StepContext, run_epoch
-from racnn.training.precision import autocast
 from racnn.training.run import TrainResult, fit
 from racnn.training.schedule import (
     PHASES,

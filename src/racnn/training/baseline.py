@@ -2,8 +2,8 @@
 
 Owns: :class:`SingleScaleBaseline` and :func:`train_baseline` (train, then test top-1/top-5).
 
-May import: ``racnn.backbones``, ``racnn.config``, ``racnn.precision`` and the loaders, loop, precision, run_files
-and schedule of ``racnn.training``.
+May import: ``racnn.modeling.backbones``, ``racnn.config``, ``racnn.precision`` and the loaders, loop, precision,
+run_files and schedule of ``racnn.training``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from racnn.config import Config, TrainConfig, resolve_device
-from racnn.precision import choose_precision
+from racnn.precision import autocast, choose_precision
 from racnn.training.loaders import build_datasets, count_classes, make_eval_loader, make_train_loader
 from racnn.training.loop import StepContext, model_inputs, run_epoch
-from racnn.training.precision import autocast
 from racnn.training.run_files import seed_everything
 from racnn.training.schedule import build_optimizer, build_scheduler, steps_per_epoch
 
@@ -56,7 +55,7 @@ def train_baseline(cfg: Config, keep_probs: bool = False) -> dict[str, Any]:
         ``{"top1", "top5", "n_images", "epochs"}`` on the test set, ``val_top1`` / ``val_top5`` where there is a val
         split; with ``keep_probs``, ``probs`` and ``targets``: ``{"val": ..., "test": ...}``.
     """
-    from racnn.backbones import build_backbone, check_input_size
+    from racnn.modeling.backbones import build_backbone, check_input_size
 
     cfg = copy.deepcopy(cfg)
     device = resolve_device(cfg.train.device)

@@ -5,8 +5,9 @@ top-1/top-5 per head, the ranking loss, attention-box statistics against object 
 IoU; with several regions, how much they overlap), the confusion matrix and per-class accuracy, and the files
 they are written to (:func:`write_eval_files`).
 
-May import: torch, ``racnn.crop``, ``racnn.losses``, ``racnn.model``, ``racnn.distributed``, ``racnn.plots``,
-``racnn.training.precision``, ``racnn.regions`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing
+May import: torch, ``racnn.modeling.crop``, ``racnn.modeling.losses``, ``racnn.modeling.model``, ``racnn.distributed``,
+``racnn.pictures.plots``,
+``racnn.precision``, ``racnn.modeling.regions`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing
 here trains.
 """
 
@@ -22,16 +23,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from racnn.crop import boxes_to_xyxy
 from racnn.distributed import (
     all_reduce_sum,
 )
-from racnn.heads import head_logits, head_names
-from racnn.losses import ranking_losses
-from racnn.regions import as_regions, overlap_penalty
+from racnn.modeling.crop import boxes_to_xyxy
+from racnn.modeling.heads import head_logits, head_names
+from racnn.modeling.losses import ranking_losses
+from racnn.modeling.regions import as_regions, overlap_penalty
+from racnn.precision import autocast
 from racnn.safety import spreadsheet_cell
 from racnn.training.loop import model_inputs
-from racnn.training.precision import autocast
 
 
 @dataclass
@@ -212,7 +213,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def write_eval_files(metrics: dict[str, Any], out_dir: str | Path, class_names: list[str] | None = None) -> None:
     """``metrics.json`` (scalars + per-class accuracy), ``confusion.csv`` / ``.png``, ``per_class.csv``."""
-    from racnn.plots import plot_confusion_matrix
+    from racnn.pictures.plots import plot_confusion_matrix
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

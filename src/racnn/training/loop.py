@@ -4,7 +4,7 @@ Owns: :class:`StepContext` (device, settings, scaler, progress), :func:`run_epoc
 accumulation, DDP ``no_sync``, the non-finite check, the progress bar, the epoch's statistics) and
 :class:`NonFiniteLossError`. What the losses are is the caller's business (:mod:`racnn.training.steps`).
 
-May import: torch, tqdm, ``racnn.config``, ``racnn.distributed``, ``racnn.training.precision`` and
+May import: torch, tqdm, ``racnn.config``, ``racnn.distributed``, ``racnn.precision`` and
 ``racnn.training.schedule``.
 """
 
@@ -25,7 +25,7 @@ from racnn.config import TrainConfig
 from racnn.distributed import (
     all_reduce_sum,
 )
-from racnn.training.precision import autocast
+from racnn.precision import autocast
 from racnn.training.schedule import steps_per_epoch
 
 

@@ -5,8 +5,9 @@ running each phase of the schedule epoch by epoch, evaluating, saving ``last.pt`
 ``model.safetensors``, resuming exactly, logs and pictures. The files it writes and reads back are made by
 :mod:`racnn.training.run_files`.
 
-May import: everything below it in ``racnn.training`` and the core modules (``racnn.model``, ``racnn.config``,
-``racnn.checkpoint``, ``racnn.distributed``, ``racnn.precision``, ``racnn.model_pictures``, ``racnn.plots``).
+May import: everything below it in ``racnn.training`` and the core modules (``racnn.modeling.model``, ``racnn.config``,
+``racnn.checkpoint``, ``racnn.distributed``, ``racnn.precision``, ``racnn.pictures.model_pictures``,
+``racnn.pictures.plots``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from racnn.distributed import (
     cleanup,
     init_distributed,
 )
-from racnn.heads import answer_head, head_names, heads_trained_by
-from racnn.model import RACNN
+from racnn.modeling.heads import answer_head, head_names, heads_trained_by
+from racnn.modeling.model import RACNN
 from racnn.precision import Precision, choose_precision, warn_slow_bf16
 from racnn.training.compiling import CompiledOrEager
 from racnn.training.evaluation import evaluate, scalar_metrics
@@ -367,9 +368,11 @@ class _Run:
 
     def _attention_picture(self, round_index: int) -> None:
         try:
-            from racnn.model_pictures import attention_grid
+            from racnn.pictures.model_pictures import attention_grid
         except ImportError as e:
-            warnings.warn(f"attention pictures skipped: racnn.model_pictures is not available ({e})", stacklevel=2)
+            warnings.warn(
+                f"attention pictures skipped: racnn.pictures.model_pictures is not available ({e})", stacklevel=2
+            )
             return
         shown = self.val_set if self.val_set is not None else self.train_set
         count = min(8, len(shown))
@@ -385,7 +388,7 @@ class _Run:
     def _write_logs(self, row: dict[str, Any]) -> None:
         write_csv(self.history, self.run_dir / "metrics.csv")
         if self.cfg.train.visualize:
-            from racnn.plots import plot_training_curves
+            from racnn.pictures.plots import plot_training_curves
 
             plot_training_curves(self.history, self.run_dir / "curves.png")
         if self.writer is not None:

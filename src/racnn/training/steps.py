@@ -3,7 +3,8 @@
 Owns: the classification epoch (warm-up and ``cls``), APN pre-training, the ranking-loss APN epoch and the fusion
 epoch (METHOD §4), and :data:`EPOCH_FUNCTIONS`, the table from a phase's kind to its epoch.
 
-May import: ``racnn.losses``, ``racnn.regions``, ``racnn.training.loop`` and ``racnn.training.schedule``.
+May import: ``racnn.modeling.losses``, ``racnn.modeling.regions``, ``racnn.training.loop`` and
+``racnn.training.schedule``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from racnn.config import per_apn
-from racnn.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses, region_targets
-from racnn.regions import as_regions, overlap_penalty
+from racnn.modeling.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses, region_targets
+from racnn.modeling.regions import as_regions, overlap_penalty
 from racnn.training.loop import StepContext, run_epoch
 from racnn.training.schedule import crops_detached, prepare_phase
 
@@ -35,7 +36,7 @@ def train_classification_epoch(
     """METHOD §4, 3a: APNs fixed; the sum of the per-scale cross-entropies trains backbones and classifiers.
 
     Args:
-        model: the :class:`racnn.model.RACNN` (its parameters decide what is frozen).
+        model: the :class:`racnn.modeling.model.RACNN` (its parameters decide what is frozen).
         net: what to call forward on, when it differs from ``model`` (DDP or ``torch.compile`` wrapper).
         optimizer: over :func:`phase_parameters` ``(model, "cls")``.
     """
@@ -92,7 +93,7 @@ def pretrain_apn_epoch(
 
     The targets come from ``feature_maps[s]`` (detached); the crops are detached too, so each APN learns from
     its own scale's target only. With K regions, the first APN's K boxes go to the K strongest disjoint windows
-    (:func:`racnn.losses.region_targets`, matched in the best order) and every finer APN's box to the best
+    (:func:`racnn.modeling.losses.region_targets`, matched in the best order) and every finer APN's box to the best
     window of its own region's map.
     """
     prepare_phase(model, "apn_pretrain")

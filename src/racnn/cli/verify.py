@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any
 
-from racnn.cli_flags import add_workers
+from racnn.cli.flags import add_workers
 
 # The data sets racnn ships, for --help only: the registry (racnn.data.dataset_names) is what --dataset is checked
 # against, so a data set registered by a program is accepted too. tests/test_cli.py keeps the two equal.

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from racnn.cli_errors import fail, fail_os
-from racnn.cli_flags import add_amp, add_batch_size, add_device, add_workers
+from racnn.cli.errors import fail, fail_os
+from racnn.cli.flags import add_amp, add_batch_size, add_device, add_workers
 from racnn.config import Config, ConfigError, load_config
 
-# The demo is the built-in synthetic_fine recipe (src/racnn/configs/synthetic_fine.yaml): the tiny backbone, three
-# scales, the paper's schedule, 800 training images of the synthetic set's fine-detail mode rendered at 256 px;
+# The demo is the built-in synthetic_fine recipe (src/racnn/config/recipes/synthetic_fine.yaml): the tiny backbone,
+# three scales, the paper's schedule, 800 training images of the synthetic set's fine-detail mode rendered at 256 px;
 # scale 1 sees them at 64 px, where half of each class's detail is gone, and the zooms read the 256 px pixels.
 # Every value is an ordinary config key (docs/TRAINING.md), so `racnn demo --set train.rounds=2` works as for
 # `racnn train`; `racnn demo --config synthetic_tiny` runs the earlier demo, whose detail scale 1 can see.
@@ -51,8 +51,8 @@ def accuracy_rows(
 ) -> list[tuple[str, float, float]]:
     """Rows ``(name, top-1 %, top-5 %)``: each scale, each fusion, the mean of the scales' probabilities, then the
     single-scale baseline; heads not in ``trained`` (None: all) are left out."""
-    from racnn.heads import is_trained
-    from racnn.model import RACNN
+    from racnn.modeling.heads import is_trained
+    from racnn.modeling.model import RACNN
 
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
     heads += [(f"fused {RACNN.fusion_name(n)}", RACNN.fusion_name(n)) for n in range(2, num_scales + 1)]

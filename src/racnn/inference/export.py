@@ -1,5 +1,5 @@
 """Export a model to ONNX or TorchScript, and check an export against the PyTorch model (``racnn export`` is
-:mod:`racnn.export_cli`).
+:mod:`racnn.cli.export`).
 
 The exported graph takes one input (two for a model with a source view) and gives three outputs (B is dynamic,
 S scales, K classes):
@@ -14,7 +14,7 @@ S scales, K classes):
 
 A JSON sidecar <out>.json (:func:`write_sidecar`) holds the class names, input size, mean/std and the output
 names. :func:`verify_onnx` / :func:`verify_torchscript` run the export on a random batch and compare it with the
-PyTorch model output by output (:func:`racnn.parity.compare_outputs`).
+PyTorch model output by output (:func:`racnn.inference.parity.compare_outputs`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from racnn.crop import adaptive_avg_pool_matmul
-from racnn.model import RACNN
-from racnn.parity import ATOL, RTOL, OutputParity, Parity, compare_outputs
+from racnn.inference.parity import ATOL, RTOL, OutputParity, Parity, compare_outputs
+from racnn.modeling.crop import adaptive_avg_pool_matmul
+from racnn.modeling.model import RACNN
 from racnn.precision import Precision, inference_input, prepare_for_inference
 
 __all__ = [
@@ -261,8 +261,8 @@ def precision_drift(
     seed: int = 1,
     source_size: int = 0,
 ) -> float:
-    """How far ``model`` run in ``precision`` (weights cast, as :class:`racnn.api.Predictor` runs it) lies from
-    ``model`` in float32, which is what an export computes: the maximum absolute difference over all outputs."""
+    """How far ``model`` run in ``precision`` (weights cast, as :class:`racnn.inference.api.Predictor` runs it) lies
+    from ``model`` in float32, which is what an export computes: the maximum absolute difference over all outputs."""
     inputs = _example(model, input_size, batch_size, seed, source_size)
     expected = _eval_wrapper(model)(*inputs)
     reduced = prepare_for_inference(copy.deepcopy(model), inputs[0].device, precision)

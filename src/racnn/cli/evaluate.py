@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from racnn.cli_errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
-from racnn.cli_flags import AMP_HELP, CHECKPOINT_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
+from racnn.cli.errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
+from racnn.cli.flags import AMP_HELP, CHECKPOINT_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
 from racnn.config import ConfigError
 from racnn.safety import printable
 
@@ -78,8 +78,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | None = None) -> str:
     """The per-scale table ``racnn eval`` prints (percentages); heads not in ``trained`` (None: all) are marked."""
-    from racnn.heads import is_trained
-    from racnn.model import RACNN
+    from racnn.modeling.heads import is_trained
+    from racnn.modeling.model import RACNN
 
     heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
     heads += [(key, key) for key in (RACNN.fusion_name(n) for n in range(2, num_scales + 1))]
@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, find_model_file, load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
-    from racnn.heads import answer_head
+    from racnn.modeling.heads import answer_head
     from racnn.precision import choose_precision, prepare_for_inference
     from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
 

@@ -28,16 +28,16 @@ from torchvision.transforms import v2
 
 from racnn.checkpoint import load_model
 from racnn.config import Config, resolve_device
-from racnn.crop import boxes_to_xyxy
 from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import SourceViews, build_transforms
-from racnn.heads import head_logits, is_trained, model_answer
-from racnn.model import RACNN
-from racnn.model_pictures import eval_forward
+from racnn.modeling.crop import boxes_to_xyxy
+from racnn.modeling.heads import head_logits, is_trained, model_answer
+from racnn.modeling.model import RACNN
+from racnn.modeling.regions import as_regions, region_crops
+from racnn.pictures.model_pictures import eval_forward
+from racnn.pictures.region_pictures import draw_regions
+from racnn.pictures.visualize import Caption, answer_label, head_caption, tensor_to_pil
 from racnn.precision import choose_precision, inference_input, prepare_for_inference
-from racnn.region_pictures import draw_regions
-from racnn.regions import as_regions, region_crops
-from racnn.visualize import Caption, answer_label, head_caption, tensor_to_pil
 
 __all__ = [
     "ClassScore",
@@ -422,17 +422,18 @@ class Predictor:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
     def draw(self, image: Image.Image, prediction: Prediction, max_side: int | None = None) -> Image.Image:
-        """The attention picture of one prediction on its original image (see :func:`racnn.visualize.draw_attention`).
+        """The attention picture of one prediction on its original image (see
+        :func:`racnn.pictures.visualize.draw_attention`).
 
         Args:
             image: the image the prediction was made on.
             prediction: from ``predict(..., return_crops=True)`` on ``image``.
             max_side: when the image's longer side exceeds it, draw a copy reduced to that side (boxes scaled
                 alike); ``None`` draws at the original size, so the boxes sit at ``prediction.boxes``. An image
-                whose shorter side is below :data:`racnn.visualize.MIN_PANEL` is drawn upscaled to it.
+                whose shorter side is below :data:`racnn.pictures.visualize.MIN_PANEL` is drawn upscaled to it.
 
         The title names the file (``prediction.source``) and the model's answer, a legend maps box colours to
-        scales (to regions for a model with several, :mod:`racnn.region_pictures`), and each scale's (first)
+        scales (to regions for a model with several, :mod:`racnn.pictures.region_pictures`), and each scale's (first)
         panel's caption gives its top-1; heads no phase has trained show no answer.
         Nothing is marked right or wrong: the true class is unknown here.
         """

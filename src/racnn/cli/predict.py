@@ -23,8 +23,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from racnn.cli_errors import OutputError, fail, fail_os, writable_folder
-from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size, add_device, add_workers
+from racnn.cli.errors import OutputError, fail, fail_os, writable_folder
+from racnn.cli.flags import CHECKPOINT_HELP, add_amp, add_batch_size, add_device, add_workers
 from racnn.config import ConfigError, resolve_device
 from racnn.safety import free_path, printable
 
@@ -142,8 +142,8 @@ class _Table:
 
 
 def main(args: argparse.Namespace) -> int:
-    from racnn.api import load
     from racnn.checkpoint import CheckpointError
+    from racnn.inference.api import load
 
     if args.topk < 1 or args.batch_size < 1:
         print("error: --topk and --batch-size must be at least 1", file=sys.stderr)

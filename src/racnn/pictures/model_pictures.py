@@ -3,9 +3,10 @@
 :func:`attention_grid` is what training writes after each round (``attention_round{r}.png``): a title, the legend
 of box colours, and one :func:`attention_rows` row per image, each the input with its nested boxes, every scale's
 crop and every scale's answer, marked right or wrong when the true classes are known. The drawing itself is
-:mod:`racnn.visualize` (one region per scale) and :mod:`racnn.region_pictures` (several).
+:mod:`racnn.pictures.visualize` (one region per scale) and :mod:`racnn.pictures.region_pictures` (several).
 
-May import: torch, PIL; racnn.heads, racnn.regions, racnn.region_pictures and racnn.visualize.
+May import: torch, PIL; racnn.modeling.heads, racnn.modeling.regions, racnn.pictures.region_pictures and
+racnn.pictures.visualize.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from racnn.heads import answer_head, head_logits, is_trained
-from racnn.region_pictures import boxes_per_region, draw_regions, region_legend
-from racnn.regions import region_crops
-from racnn.visualize import (
+from racnn.modeling.heads import answer_head, head_logits, is_trained
+from racnn.modeling.regions import region_crops
+from racnn.pictures.region_pictures import boxes_per_region, draw_regions, region_legend
+from racnn.pictures.visualize import (
     MIN_PANEL,
     SCALE_COLORS,
     AttentionLayout,
@@ -65,10 +66,11 @@ def attention_rows(
     max_images: int = 8,
     panel_size: int | None = None,
 ) -> list[tuple[Image.Image, AttentionLayout]]:
-    """The rows of :func:`attention_grid` (same arguments), each with its :class:`racnn.visualize.AttentionLayout`.
+    """The rows of :func:`attention_grid` (same arguments), each with its
+    :class:`racnn.pictures.visualize.AttentionLayout`.
 
-    A row is a :func:`racnn.visualize.draw_attention` picture without legend, titled with the image's number, its
-    true class and the model's answer; every caption names a scale and its top-1, marked right or wrong when
+    A row is a :func:`racnn.pictures.visualize.draw_attention` picture without legend, titled with the image's number,
+    its true class and the model's answer; every caption names a scale and its top-1, marked right or wrong when
     ``targets`` are given. Heads no phase has trained (``model.trained_heads``) show no answer.
     """
     device = next(model.parameters()).device
@@ -120,7 +122,7 @@ def attention_grid(
     panel_size: int | None = None,
     title: str = "RA-CNN attention",
 ) -> Image.Image:
-    """One :func:`racnn.visualize.draw_attention` row per image under a title and the legend of box colours.
+    """One :func:`racnn.pictures.visualize.draw_attention` row per image under a title and the legend of box colours.
 
     The model runs in eval mode under ``torch.no_grad``; the train/eval mode of every submodule is restored
     afterwards.
@@ -139,7 +141,7 @@ def attention_grid(
 
     Returns:
         The title and legend, then the rows of :func:`attention_rows` top to bottom
-        (:func:`racnn.visualize.stack_rows`); as wide as the widest row.
+        (:func:`racnn.pictures.visualize.stack_rows`); as wide as the widest row.
     """
     rows = [row for row, _ in attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size)]
     scale_colors = SCALE_COLORS[: getattr(model, "num_scales", len(SCALE_COLORS) + 1) - 1]

@@ -3,14 +3,16 @@
 :func:`validate` runs on every config :func:`racnn.config.config_from_dict` builds (from a file, ``--set`` overrides
 or a checkpoint), before any model is made. Torch-free, like :mod:`racnn.config`.
 
-May import: the standard library; racnn.config and racnn.safety.
+May import: the standard library; racnn.config.schema, racnn.config.device and racnn.safety; racnn.modeling.heads
+(``head_names``, inside a function: the one import that runs upward, docs/DESIGN.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from racnn.config import Config, ConfigError, _shown, per_apn
+from racnn.config.device import check_device
+from racnn.config.schema import Config, ConfigError, _shown, per_apn
 
 __all__ = ["BOUNDS", "PHASE_BOUNDS", "check_bounds", "validate"]
 
@@ -126,25 +128,14 @@ def check_bounds(cfg: Config) -> None:
     problem = check_plain_name(cfg.train.name, "train.name")
     if problem:
         raise ConfigError(problem)
-    _check_device(cfg.train.device)
+    check_device(cfg.train.device)
     _check_best_metric(cfg.train.best_metric, cfg.model.num_scales)
     _check_options(cfg.data.options, "data.options")
     _check_options(cfg.model.backbone_kwargs, "model.backbone_kwargs")
 
 
-def _check_device(name: str) -> None:
-    if name == "auto":
-        return
-    import torch
-
-    try:
-        torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
-
-
 def _check_best_metric(metric: str, num_scales: int) -> None:
-    from racnn.heads import head_names
+    from racnn.modeling.heads import head_names
 
     valid = [f"top{k}_{head}" for k in (1, 5) for head in head_names(num_scales)]
     if metric not in valid:

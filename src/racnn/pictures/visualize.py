@@ -23,10 +23,10 @@ Layout of :func:`draw_attention` (pixels; :func:`attention_layout` computes ever
   written in that colour; plain strings and ``correct=None`` get no mark (``racnn predict`` has no label).
 
 Colour legend: scale 2 red ``(255, 0, 0)``, scale 3 green ``(0, 255, 0)``, scale 4 blue ``(0, 0, 255)``; with several
-regions per scale, one colour per region instead (:mod:`racnn.region_pictures`).
+regions per scale, one colour per region instead (:mod:`racnn.pictures.region_pictures`).
 
-This module only draws: :mod:`racnn.model_pictures` runs a model on a batch and draws its rows here, and
-:mod:`racnn.region_pictures` lays out several regions per scale.
+This module only draws: :mod:`racnn.pictures.model_pictures` runs a model on a batch and draws its rows here, and
+:mod:`racnn.pictures.region_pictures` lays out several regions per scale.
 
 May import: torch and PIL; nothing of racnn.
 """
@@ -310,7 +310,7 @@ def draw_attention(
         legend: list the box colours ("scale 2 box", ...) under the title (when there are boxes).
         min_panel: the input panel's shorter side is upscaled to at least this many px (0: never).
         legend_labels, legend_colors: what the legend lists instead of one "scale s box" per box colour (e.g.
-            one entry per region, :func:`racnn.region_pictures.region_panels`).
+            one entry per region, :func:`racnn.pictures.region_pictures.region_panels`).
 
     Returns:
         An RGB image of size ``attention_layout(...).size``.

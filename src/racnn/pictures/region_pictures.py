@@ -1,16 +1,17 @@
 """Attention pictures of a model with several regions per scale (``model.regions = R > 1``).
 
-:func:`racnn.visualize.draw_attention` draws one box and one crop panel per entry; with R regions every zoomed
+:func:`racnn.pictures.visualize.draw_attention` draws one box and one crop panel per entry; with R regions every zoomed
 scale has R of each. This module lays them out scale-major (scale 2's regions, then scale 3's...) and colours
 them by region, not by scale: a region's nested boxes share its colour (the finer one lies inside the coarser),
 and the legend reads "region 1", "region 2"... The scale's answer (from its regions' pooled feature) captions its
 region-1 panel; the other regions' panels are captioned "scale s, region r". With one region everything is as
-before: colours by scale (:data:`racnn.visualize.SCALE_COLORS`) and the default legend.
+before: colours by scale (:data:`racnn.pictures.visualize.SCALE_COLORS`) and the default legend.
 
-:func:`draw_regions` is the one way both the training pictures (:mod:`racnn.model_pictures`) and
-``Predictor.draw`` (:mod:`racnn.api`) draw an image's boxes and crops, with one region or several.
+:func:`draw_regions` is the one way both the training pictures (:mod:`racnn.pictures.model_pictures`) and
+``Predictor.draw`` (:mod:`racnn.inference.api`) draw an image's boxes and crops, with one region or several.
 
-May import: PIL and torch; nothing of racnn but :mod:`racnn.regions`, :mod:`racnn.crop` and :mod:`racnn.visualize`.
+May import: PIL and torch; nothing of racnn but :mod:`racnn.modeling.regions`, :mod:`racnn.modeling.crop` and
+:mod:`racnn.pictures.visualize`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import Any
 from PIL import Image
 from torch import Tensor
 
-from racnn.crop import boxes_to_xyxy
-from racnn.regions import as_regions
-from racnn.visualize import MIN_PANEL, SCALE_COLORS, Caption, draw_attention
+from racnn.modeling.crop import boxes_to_xyxy
+from racnn.modeling.regions import as_regions
+from racnn.pictures.visualize import MIN_PANEL, SCALE_COLORS, Caption, draw_attention
 
 __all__ = ["REGION_COLORS", "RegionPanels", "boxes_per_region", "draw_regions", "region_legend", "region_panels"]
 
-# One colour per region (up to racnn.regions.MAX_REGIONS): red, sky blue, orange, purple, green, pink, teal, brown.
+# One colour per region (up to racnn.modeling.regions.MAX_REGIONS): red, sky blue, orange, purple, green, pink, teal,
+# brown.
 REGION_COLORS: tuple[tuple[int, int, int], ...] = (
     (255, 0, 0),
     (0, 150, 255),
@@ -45,7 +47,7 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class RegionPanels:
-    """What :func:`racnn.visualize.draw_attention` takes for one image, region by region.
+    """What :func:`racnn.pictures.visualize.draw_attention` takes for one image, region by region.
 
     Attributes:
         boxes: one box per (scale, region), scale-major.
@@ -130,7 +132,7 @@ def draw_regions(
     legend: bool = True,
     min_panel: int = MIN_PANEL,
 ) -> tuple[Image.Image, list[str | Caption]]:
-    """:func:`racnn.visualize.draw_attention` of one image whose zoomed scales have one region or several.
+    """:func:`racnn.pictures.visualize.draw_attention` of one image whose zoomed scales have one region or several.
 
     Args:
         image: the picture the boxes are drawn on.
@@ -139,11 +141,11 @@ def draw_regions(
         captions: the input panel's caption, then one per zoomed scale (its answer).
         title: the headline, or None.
         legend: list the box colours under the title: by scale with one region, by region with several.
-        min_panel: as in :func:`racnn.visualize.draw_attention`.
+        min_panel: as in :func:`racnn.pictures.visualize.draw_attention`.
 
     Returns:
         The picture and its panels' captions (input panel first, then one per crop, region-major within a scale),
-        e.g. for :func:`racnn.visualize.attention_layout`.
+        e.g. for :func:`racnn.pictures.visualize.attention_layout`.
     """
     panels = region_panels(boxes, crops, captions[1:], SCALE_COLORS)
     captions = [*captions[:1], *panels.captions]

@@ -24,8 +24,8 @@ import json
 import sys
 from pathlib import Path
 
-from racnn.cli_errors import check_classes, fail, fail_os, refuse_resume_overrides
-from racnn.cli_flags import AMP_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
+from racnn.cli.errors import check_classes, fail, fail_os, refuse_resume_overrides
+from racnn.cli.flags import AMP_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
 from racnn.config import Config, ConfigError, apply_overrides, config_to_dict, load_config
 
 

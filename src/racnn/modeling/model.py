@@ -7,7 +7,7 @@ same framing at a higher resolution, the zooms are sampled from it instead (with
 scales see detail that scale 1's input cannot resolve.
 
 With ``regions = K > 1`` the first APN proposes K boxes per image and every finer scale has K regions, run as one
-batch of B * K images (:mod:`racnn.regions` has the shapes and the pooling; docs/DESIGN.md the reasons).
+batch of B * K images (:mod:`racnn.modeling.regions` has the shapes and the pooling; docs/DESIGN.md the reasons).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from racnn.backbones import build_backbone, check_input_size
 from racnn.config import per_apn
-from racnn.crop import antialiased_crop, attention_crop, compose_boxes
-from racnn.heads import fusion_name
-from racnn.regions import MAX_REGIONS, REGION_POOLS, as_regions, initial_centres, pool_regions, pooled_width
+from racnn.modeling.backbones import build_backbone, check_input_size
+from racnn.modeling.crop import antialiased_crop, attention_crop, compose_boxes
+from racnn.modeling.heads import fusion_name
+from racnn.modeling.regions import MAX_REGIONS, REGION_POOLS, as_regions, initial_centres, pool_regions, pooled_width
 
 __all__ = ["APN", "RACNN", "RACNNOutput", "apn_boxes"]
 
@@ -58,7 +58,7 @@ class APN(nn.Module):
     fc -> tanh -> fc -> :func:`apn_boxes`. With ``fixed_side > 0`` the attention is off: every image gets the centred
     box of that side (the "fixed zoom" control; the layers stay, so checkpoints keep their shape). With
     ``regions = K > 1`` the last fc gives ``3 K`` outputs: K boxes ``(B, K, 3)``, starting at
-    :func:`racnn.regions.initial_centres` (one box: ``(B, 3)``, as in the paper).
+    :func:`racnn.modeling.regions.initial_centres` (one box: ``(B, 3)``, as in the paper).
     """
 
     def __init__(
@@ -114,7 +114,7 @@ class RACNNOutput:
         logits: S tensors ``(B, N)``.
         fused: ``"1+2"``, ``"1+2+3"``, ... -> ``(B, N)``, the fusion heads.
         boxes: S - 1 tensors ``(B, 3)``, or ``(B, R, 3)`` with R > 1; box s in the coordinates of scale s's input
-            (region r's own crop for s >= 2). :func:`racnn.regions.as_regions` views either as ``(B, R, 3)``.
+            (region r's own crop for s >= 2). :func:`racnn.modeling.regions.as_regions` views either as ``(B, R, 3)``.
         boxes_in_image: the same boxes composed into the coordinates of the image (scale 1's input).
         crops: S inputs, ``crops[0]`` is the image, then ``(B, 3, zoom_size, zoom_size)``, or
             ``(B, R, 3, zoom_size, zoom_size)`` with R > 1 (from the source when one was given).
@@ -152,7 +152,7 @@ class RACNN(nn.Module):
     """Recurrent attention CNN with ``num_scales`` scales.
 
     Args:
-        backbone: backbone name (see :func:`racnn.backbones.list_backbones`).
+        backbone: backbone name (see :func:`racnn.modeling.backbones.list_backbones`).
         num_classes: ``K``.
         num_scales: ``S``, 2 to 4.
         input_size: side of scale 1's input; recorded for transforms and export, not enforced by forward.
@@ -163,10 +163,10 @@ class RACNN(nn.Module):
         mask_k: steepness of the crop's boxcar mask, per pixel of the image.
         fixed_side: 0 (the APNs learn their boxes), or the side of the centred box every APN proposes instead; or
             one such value per APN (``num_scales - 1``, the first APN's first).
-        pretrained: see :func:`racnn.backbones.build_backbone`; all scales start from the same weights.
+        pretrained: see :func:`racnn.modeling.backbones.build_backbone`; all scales start from the same weights.
         backbone_kwargs: keyword arguments for ``timm.create_model`` (``"timm:"`` backbones only), e.g.
             ``{"img_size": 448}``.
-        regions: attention regions per zoomed scale, 1 (the paper) to 8 (:mod:`racnn.regions`).
+        regions: attention regions per zoomed scale, 1 (the paper) to 8 (:mod:`racnn.modeling.regions`).
         region_pool: how a zoomed scale's feature is made from its regions' (``mean``, ``max`` or ``concat``);
             unused with one region.
 
@@ -228,7 +228,8 @@ class RACNN(nn.Module):
         )
         widths = [channels] + [pooled_width(channels, regions, region_pool)] * (num_scales - 1)
         self.classifiers = nn.ModuleList([nn.Linear(width, num_classes) for width in widths])
-        # The heads some phase has trained (racnn.heads): set by training and read from checkpoints; None: unknown.
+        # The heads some phase has trained (racnn.modeling.heads): set by training and read from checkpoints; None:
+        # unknown.
         self.trained_heads: list[str] | None = None
         self.fusion = nn.ModuleDict(
             {self.fusion_name(n): nn.Linear(sum(widths[:n]), num_classes) for n in range(2, num_scales + 1)}
@@ -266,9 +267,9 @@ class RACNN(nn.Module):
             images: ``(B, 3, H, W)`` scale 1's input.
             source: ``None``, or ``(B, 3, M, N)``: the same framing as ``images`` at a higher resolution, e.g.
                 the photo at ``data.source_size``. The zooms are then sampled from it through the composed boxes
-                (normalised, so they mean the same place in both), with :func:`racnn.crop.antialiased_crop`
+                (normalised, so they mean the same place in both), with :func:`racnn.modeling.crop.antialiased_crop`
                 where a box covers more source pixels than ``zoom_size``; the mask keeps its steepness per pixel
-                of ``images``. Without it, every zoom is :func:`racnn.crop.attention_crop` of ``images``.
+                of ``images``. Without it, every zoom is :func:`racnn.modeling.crop.attention_crop` of ``images``.
         """
         image_size = (images.shape[-2], images.shape[-1])
         if source is not None:

@@ -1,7 +1,7 @@
 """The parity check of an export: its outputs against the eager model's, output by output, within tolerances.
 
-An export (ONNX, TorchScript) gives ``(probs, logits, boxes)`` (see :mod:`racnn.export`); the check splits them
-into named outputs (``probs``, ``logits[scale s]``, ``boxes[scale s]``) and applies ``torch.allclose``'s rule to
+An export (ONNX, TorchScript) gives ``(probs, logits, boxes)`` (see :mod:`racnn.inference.export`); the check splits
+them into named outputs (``probs``, ``logits[scale s]``, ``boxes[scale s]``) and applies ``torch.allclose``'s rule to
 each, so a failure says which output is off, by how much, and against which tolerance.
 
 May import: torch; nothing of racnn.

@@ -14,7 +14,7 @@ region k), so every finer scale has K regions too. The shapes (docs/DESIGN.md, "
 Owns those conventions, the region pooling, the differentiable pairwise IoU and the overlap penalty that keeps
 the K boxes apart (``train.region_overlap``), and the starting layout of the K boxes.
 
-May import: torch and ``racnn.crop``.
+May import: torch and ``racnn.modeling.crop``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from racnn.crop import boxes_to_xyxy
+from racnn.modeling.crop import boxes_to_xyxy
 
 __all__ = [
     "REGION_POOLS",
@@ -52,7 +52,7 @@ def as_regions(boxes: Tensor) -> Tensor:
 
 
 def num_regions(out) -> int:
-    """K of a :class:`racnn.model.RACNNOutput` (1 when it has no zoomed scale)."""
+    """K of a :class:`racnn.modeling.model.RACNNOutput` (1 when it has no zoomed scale)."""
     return as_regions(out.boxes[0]).shape[1] if out.boxes else 1
 
 

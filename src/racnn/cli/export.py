@@ -19,8 +19,8 @@ Example:
   racnn export --checkpoint runs/cub/best.pt --format onnx --out racnn.onnx
 """
 
-# The exporting itself is racnn.export (torch); this module holds the command, and imports it only in main(), so
-# that ``racnn export --help`` is instant.
+# The exporting itself is racnn.inference.export (torch); this module holds the command, and imports it only in
+# main(), so that ``racnn export --help`` is instant.
 
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from racnn.cli_errors import OutputError, fail, writable_folder
-from racnn.cli_flags import CHECKPOINT_HELP, add_amp, add_batch_size
+from racnn.cli.errors import OutputError, fail, writable_folder
+from racnn.cli.flags import CHECKPOINT_HELP, add_amp, add_batch_size
 from racnn.config import ConfigError
 from racnn.safety import describe_os_error, printable, same_file, share_like_open
 
-OPSET_HELP = 20  # racnn.export.DEFAULT_OPSET, written out so that --help needs no torch (a test keeps them equal)
+# racnn.inference.export.DEFAULT_OPSET, written out so that --help needs no torch (a test keeps them equal)
+OPSET_HELP = 20
 MIN_OPSET = 16  # the attention crop's GridSample
-RTOL, ATOL = 1e-3, 1e-4  # racnn.parity.RTOL / ATOL, written out for the same reason (the same test)
+RTOL, ATOL = 1e-3, 1e-4  # racnn.inference.parity.RTOL / ATOL, written out for the same reason (the same test)
 ONNXRUNTIME_HINT = "pip install onnxruntime, or pip install 'racnn[export]'"
 MAX_BATCH = 1024
 
@@ -77,14 +78,14 @@ def _max_opset() -> int:
     """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.14)."""
     from torch.onnx import _constants
 
-    from racnn.export import DEFAULT_OPSET
+    from racnn.inference.export import DEFAULT_OPSET
 
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", DEFAULT_OPSET))
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before the model is loaded, what would fail after a slow export or replace a file it should not."""
-    from racnn.export import DEFAULT_OPSET
+    from racnn.inference.export import DEFAULT_OPSET
 
     if args.opset is None:
         args.opset = DEFAULT_OPSET
@@ -133,7 +134,7 @@ def check_out(out: Path, checkpoint: Path, fmt: str) -> None:
 
 
 def _earlier_export(sidecar: Path, fmt: str) -> bool:
-    from racnn.export import OUTPUT_NAMES
+    from racnn.inference.export import OUTPUT_NAMES
 
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -159,9 +160,9 @@ def _export_beside(out: Path, write) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from racnn.api import model_normalization
     from racnn.checkpoint import CheckpointError, load_model
-    from racnn.export import precision_drift
+    from racnn.inference.api import model_normalization
+    from racnn.inference.export import precision_drift
     from racnn.precision import choose_precision
 
     try:
@@ -184,7 +185,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normalization) -> int:
-    from racnn.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript, write_sidecar
+    from racnn.inference.export import export_onnx, export_torchscript, verify_onnx, verify_torchscript, write_sidecar
 
     size = cfg.model.input_size
     out = Path(args.out)

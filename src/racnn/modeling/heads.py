@@ -76,7 +76,7 @@ def answer_head(requested: str, trained: Iterable[str] | None, num_scales: int) 
 
 
 def head_logits(out: Any) -> dict[str, Tensor]:
-    """Every head of a forward pass (:class:`racnn.model.RACNNOutput`) as float32 log-probabilities or logits:
+    """Every head of a forward pass (:class:`racnn.modeling.model.RACNNOutput`) as float32 log-probabilities or logits:
     ``s1..sS``, the fusion heads, ``fused`` and ``avg`` (log of the mean of the scales' probabilities)."""
     heads = {f"s{s + 1}": z.float() for s, z in enumerate(out.logits)}
     heads.update({key: z.float() for key, z in out.fused.items()})

@@ -12,19 +12,19 @@ import importlib
 import os
 import sys
 
-from racnn.cli_flags import add_verbosity, configure_logging
+from racnn.cli.flags import add_verbosity, configure_logging
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
-    "train": ("racnn.train", "train RA-CNN from a YAML config (or resume a run)"),
-    "eval": ("racnn.evaluate", "evaluate a checkpoint: per-scale and fused accuracy table"),
-    "predict": ("racnn.predict", "classify images with a checkpoint; optional attention pictures"),
-    "export": ("racnn.export_cli", "export a checkpoint to ONNX or TorchScript"),
+    "train": ("racnn.cli.train", "train RA-CNN from a YAML config (or resume a run)"),
+    "eval": ("racnn.cli.evaluate", "evaluate a checkpoint: per-scale and fused accuracy table"),
+    "predict": ("racnn.cli.predict", "classify images with a checkpoint; optional attention pictures"),
+    "export": ("racnn.cli.export", "export a checkpoint to ONNX or TorchScript"),
     "app": ("racnn.app", "serve a checkpoint on a local web page and a JSON endpoint (needs racnn[app])"),
-    "demo": ("racnn.demo", "train and evaluate on the built-in synthetic set in a few minutes (CPU)"),
+    "demo": ("racnn.cli.demo", "train and evaluate on the built-in synthetic set in a few minutes (CPU)"),
 }
 DATA_COMMANDS = {
-    "verify": ("racnn.verify_cli", "check a data set on disk: layout, labels, unreadable images"),
+    "verify": ("racnn.cli.verify", "check a data set on disk: layout, labels, unreadable images"),
 }
 
 
