@@ -245,3 +245,20 @@ def test_vit_backbone_with_kwargs_runs_at_both_sizes():
     out = model(torch.randn(2, 3, 64, 64))
     assert out.feature_maps[0].shape == (2, 192, 4, 4) and out.feature_maps[1].shape == (2, 192, 2, 2)
     assert out.crops[1].shape == (2, 3, 32, 32) and out.fused["1+2"].shape == (2, 3)
+
+
+def test_apn_channels_reduce_the_fc_and_keep_old_checkpoints_keys():
+    plain = RACNN(num_classes=3, num_scales=2, input_size=32, zoom_size=32, apn_pool=4, apn_hidden=16)
+    reduced = RACNN(num_classes=3, num_scales=2, input_size=32, zoom_size=32, apn_pool=4, apn_hidden=16, apn_channels=8)
+    channels = plain.backbones[0].out_channels
+    assert plain.apns[0].fc1.in_features == channels * 16
+    assert reduced.apns[0].fc1.in_features == 8 * 16
+    assert reduced.apns[0].reduce[0].weight.shape == (8, channels, 1, 1)
+    # without a reduction the state dict has exactly the keys it had before apn_channels existed
+    assert not [k for k in plain.state_dict() if ".reduce." in k]
+    out = reduced(torch.randn(2, 3, 32, 32))
+    assert out.boxes[0].shape == (2, 3) and out.logits[1].shape == (2, 3)
+    out.boxes[0].sum().backward()
+    assert reduced.apns[0].reduce[0].weight.grad.abs().sum() > 0  # the reduction learns with the APN
+    with pytest.raises(ValueError, match="channels"):
+        APN(channels, channels=-1)

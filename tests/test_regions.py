@@ -21,7 +21,7 @@ from racnn.modeling.losses import apn_pretrain_loss, apn_targets, region_targets
 from racnn.modeling.model import RACNN
 from racnn.modeling.regions import as_regions, initial_centres, overlap_penalty, pairwise_iou, pool_regions
 from racnn.pictures.region_pictures import REGION_COLORS, region_panels
-from racnn.training.evaluation import _iou
+from racnn.training.box_scores import xyxy_iou as _iou
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

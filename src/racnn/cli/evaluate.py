@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,22 +92,40 @@ def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | 
         for name, k in heads
     ]
     lines.append(f"{metrics['n_images']} images; ranking loss {metrics['rank_loss']:.4f}")
-    lines.append(f"{'attention':<12} {'side %':>8} {'on obj. %':>9} {'IoU':>6}")
-    # One row per zoomed scale, or per scale and region with model.regions > 1 (keys box_side_s2_r1, ...).
-    boxes = [key.removeprefix("box_side_") for key in metrics if key.startswith("box_side_s")]
-    for key in boxes:
-        side = f"{100 * metrics[f'box_side_{key}']:>8.1f}"
-        name = "box " + key.replace("_r", " r")
-        if f"box_in_object_{key}" in metrics:
-            lines.append(
-                f"{name:<12} {side} {100 * metrics[f'box_in_object_{key}']:>9.1f} {metrics[f'box_iou_{key}']:>6.3f}"
-            )
-        else:
-            lines.append(f"{name:<12} {side} {'-':>9} {'-':>6}")
+    lines += attention_rows(metrics)
     overlaps = [key.removeprefix("region_iou_") for key in metrics if key.startswith("region_iou_s")]
     if overlaps:  # model.regions > 1: how far apart the regions stay (0: disjoint, 1: one box)
         lines.append("regions' mutual IoU: " + ", ".join(f"{k} {metrics[f'region_iou_{k}']:.3f}" for k in overlaps))
     return "\n".join(lines)
+
+
+def attention_rows(metrics: dict[str, Any]) -> list[str]:
+    """The attention boxes against the object boxes (:mod:`racnn.training.box_scores`): one row per zoomed scale (per
+    scale and region with ``model.regions > 1``), then the objects' own spread to read the boxes' against."""
+    lines = [
+        f"{'attention':<12} {'side %':>7} {'centre in %':>11} {'covers %':>8} {'on obj. %':>9} {'IoU':>6} "
+        f"{'std x':>6} {'std y':>6} {'std side':>8} {'corr size':>9}"
+    ]
+    for key in [key.removeprefix("box_side_") for key in metrics if re.fullmatch(r"box_side_s\d+(_r\d+)?", key)]:
+        name = "box " + key.replace("_r", " r")
+        cells = [f"{100 * metrics[f'box_side_{key}']:>7.1f}"]
+        known = f"box_iou_{key}" in metrics
+        for field, width, scale, digits in (("in_object", 11, 100, 1), ("covers_object", 8, 100, 1),
+                                            ("on_object", 9, 100, 1), ("iou", 6, 1, 3)):  # fmt: skip
+            cells.append(f"{scale * metrics[f'box_{field}_{key}']:>{width}.{digits}f}" if known else f"{'-':>{width}}")
+        cells += [f"{metrics[f'box_centre_std_x_{key}']:>6.3f}", f"{metrics[f'box_centre_std_y_{key}']:>6.3f}"]
+        cells.append(f"{metrics[f'box_side_std_{key}']:>8.3f}")
+        cells.append(f"{metrics[f'box_side_corr_{key}']:>9.2f}" if known else f"{'-':>9}")
+        lines.append(f"{name:<12} " + " ".join(cells))
+    if "object_centre_std_x" in metrics:
+        lines.append(
+            f"object boxes ({metrics['n_object_boxes']} images): size {metrics['object_size_mean']:.3f} "
+            f"(std {metrics['object_size_std']:.3f}), centre std x {metrics['object_centre_std_x']:.3f} "
+            f"y {metrics['object_centre_std_y']:.3f}; size = sqrt(area), sides and sizes in units of scale 1's input"
+        )
+    else:
+        lines.append("no object boxes in this data set: the boxes' spread only")
+    return lines
 
 
 def show_progress(wanted: bool, args: argparse.Namespace) -> bool:

@@ -33,6 +33,8 @@ def validate(cfg: Config) -> None:
     if m.input_size < 16 or m.zoom_size < 16:
         raise ConfigError(f"model.input_size and zoom_size must be at least 16, got {m.input_size}, {m.zoom_size}")
     _one_of("model.region_pool", m.region_pool, ("mean", "max", "concat"))
+    if m.oracle_zoom and m.regions != 1:
+        raise ConfigError(f"model.oracle_zoom takes one region (the object box), got model.regions={m.regions}")
     _one_of("train.amp", t.amp, ("auto", "none", "bf16", "fp16"))
     if not all(0 < side <= 1 for side in per_apn(t.pretrain_side, m.num_scales)):
         raise ConfigError(f"train.pretrain_side must be in (0, 1], got {t.pretrain_side}")
@@ -72,6 +74,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "model.zoom_size": (16, 1024),
     "model.apn_pool": (1, 64),
     "model.apn_hidden": (1, 65_536),
+    "model.apn_channels": (0, 65_536),
     "model.mask_k": (1e-3, 1e3),
     "model.regions": (1, 8),
     "data.batch_size": (1, 4096),

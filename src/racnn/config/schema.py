@@ -48,10 +48,12 @@ class ModelConfig:
     min_side: float = 1 / 3  # smallest attention box side, as a fraction of its scale's input side
     apn_pool: int = 7  # the APN pools the conv map to apn_pool x apn_pool before its fc layers
     apn_hidden: int = 1024  # APN hidden width (authors' code: 1024)
+    apn_channels: int = 0  # 0: the APN reads the conv map's channels; > 0: a 1x1 conv reduces them to this first
     mask_k: float = 10.0  # steepness of the boxcar mask's logistic, per input pixel
     fixed_side: float | list[float] = 0.0  # 0: learnt boxes; > 0: attention off, centred boxes of this side; or per APN
     regions: int = 1  # attention regions per zoomed scale (1: the paper); racnn.modeling.regions
     region_pool: str = "mean"  # a zoomed scale's feature from its regions': mean | max | concat (regions > 1)
+    oracle_zoom: bool = False  # the control: scale 2's box is the annotated object box (made square), train and test
 
 
 @dataclass

@@ -104,12 +104,17 @@ class SourceViews:
     def __init__(self, geometry: v2.Compose, input_size: int, normalize: v2.Normalize) -> None:
         self.geometry, self.input_size, self.normalize = geometry, input_size, normalize
 
-    def __call__(self, image) -> tuple[Tensor, Tensor]:
-        source = self.geometry(image)  # (3, M, M) in [0, 1]
+    def __call__(self, image, boxes=None):
+        """``(input, source)``; given ``boxes`` (``tv_tensors.BoundingBoxes``), ``((input, source), boxes)`` with the
+        boxes moved by the same geometry (in the source's pixels)."""
+        source = self.geometry(image) if boxes is None else None  # (3, M, M) in [0, 1]
+        if boxes is not None:
+            source, boxes = self.geometry(image, boxes)
         small = source
         if source.shape[-1] != self.input_size or source.shape[-2] != self.input_size:
             small = TF.resize(source, [self.input_size, self.input_size], antialias=True)
-        return self.normalize(small), self.normalize(source)  # (3, input_size, input_size), (3, M, M)
+        views = self.normalize(small), self.normalize(source)  # (3, input_size, input_size), (3, M, M)
+        return views if boxes is None else (views, boxes)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(geometry={self.geometry}, input_size={self.input_size}, {self.normalize})"

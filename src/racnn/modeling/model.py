@@ -55,8 +55,11 @@ class APN(nn.Module):
     """Attention proposal network: conv map -> box in the coordinates of the map's input.
 
     Adaptive average pooling to ``pool x pool`` makes it independent of the input size; then
-    fc -> tanh -> fc -> :func:`apn_boxes`. With ``fixed_side > 0`` the attention is off: every image gets the centred
-    box of that side (the "fixed zoom" control; the layers stay, so checkpoints keep their shape). With
+    fc -> tanh -> fc -> :func:`apn_boxes`. With ``channels > 0`` a 1 x 1 convolution (+ ReLU) first reduces the map
+    to that many channels: the fc then reads the map's spatial detail at a fraction of the weights (a 1280-channel
+    map pooled to 5 x 5 makes fc1 1280 * 25 * hidden wide; 64 channels make it 20 times smaller). With
+    ``fixed_side > 0`` the attention is off: every image gets the centred box of that side (the "fixed zoom"
+    control; the layers stay, so checkpoints keep their shape). With
     ``regions = K > 1`` the last fc gives ``3 K`` outputs: K boxes ``(B, K, 3)``, starting at
     :func:`racnn.modeling.regions.initial_centres` (one box: ``(B, 3)``, as in the paper).
     """
@@ -69,8 +72,11 @@ class APN(nn.Module):
         min_side: float = 1 / 3,
         fixed_side: float = 0.0,
         regions: int = 1,
+        channels: int = 0,
     ) -> None:
         super().__init__()
+        if channels < 0:
+            raise ValueError(f"channels must be 0 (no reduction) or positive, got {channels}")
         if not 0 < min_side <= 1:
             raise ValueError(f"min_side must be in (0, 1], got {min_side}")
         if not 0 <= fixed_side <= 1:
@@ -80,8 +86,10 @@ class APN(nn.Module):
         self.min_side = float(min_side)
         self.fixed_side = float(fixed_side)
         self.regions = int(regions)
+        # No parameters without a reduction: checkpoints written before apn_channels existed keep their keys.
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, channels, 1), nn.ReLU()) if channels else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(pool)
-        self.fc1 = nn.Linear(in_channels * pool * pool, hidden)
+        self.fc1 = nn.Linear((channels or in_channels) * pool * pool, hidden)
         self.fc2 = nn.Linear(hidden, 3 * regions)
         # The first box is centred with the middle side (all sigmoids at 1/2). Small random weights, not zeros,
         # so that fc1 gets a gradient from the first step.
@@ -98,7 +106,7 @@ class APN(nn.Module):
             box = feature_map.new_tensor([0.5, 0.5, self.fixed_side / 2])
             # (B, 3) or (B, K, 3), no gradient to the APN
             return box.expand(batch, 3) if self.regions == 1 else box.expand(batch, self.regions, 3)
-        x = self.pool(feature_map).flatten(1)  # (B, C * pool * pool)
+        x = self.pool(self.reduce(feature_map)).flatten(1)  # (B, C' * pool * pool)
         raw = self.fc2(torch.tanh(self.fc1(x)))  # (B, 3 K)
         if self.regions == 1:
             return apn_boxes(raw, self.min_side)  # (B, 3)
@@ -160,6 +168,7 @@ class RACNN(nn.Module):
         min_side: smallest APN box side, in units of its scale's input side.
         apn_pool: the APN pools the conv map to ``apn_pool x apn_pool``.
         apn_hidden: width of the APN's hidden layer.
+        apn_channels: 0, or the channels a 1 x 1 convolution reduces the conv map to before the APN's fc layers.
         mask_k: steepness of the crop's boxcar mask, per pixel of the image.
         fixed_side: 0 (the APNs learn their boxes), or the side of the centred box every APN proposes instead; or
             one such value per APN (``num_scales - 1``, the first APN's first).
@@ -191,6 +200,7 @@ class RACNN(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
         regions: int = 1,
         region_pool: str = "mean",
+        apn_channels: int = 0,
     ) -> None:
         super().__init__()
         if region_pool not in REGION_POOLS:
@@ -222,7 +232,15 @@ class RACNN(nn.Module):
         # The first APN proposes the K regions; each finer one proposes one box inside its own region.
         self.apns = nn.ModuleList(
             [
-                APN(channels, apn_pool, apn_hidden, min_side, fixed_sides[s], regions=regions if s == 0 else 1)
+                APN(
+                    channels,
+                    apn_pool,
+                    apn_hidden,
+                    min_side,
+                    fixed_sides[s],
+                    regions=regions if s == 0 else 1,
+                    channels=apn_channels,
+                )
                 for s in range(num_scales - 1)
             ]
         )
@@ -258,9 +276,10 @@ class RACNN(nn.Module):
             backbone_kwargs=getattr(cfg, "backbone_kwargs", None),
             regions=getattr(cfg, "regions", 1),
             region_pool=getattr(cfg, "region_pool", "mean"),
+            apn_channels=getattr(cfg, "apn_channels", 0),
         )
 
-    def forward(self, images: Tensor, source: Tensor | None = None) -> RACNNOutput:
+    def forward(self, images: Tensor, source: Tensor | None = None, first_boxes: Tensor | None = None) -> RACNNOutput:
         """Run every scale.
 
         Args:
@@ -270,7 +289,11 @@ class RACNN(nn.Module):
                 (normalised, so they mean the same place in both), with :func:`racnn.modeling.crop.antialiased_crop`
                 where a box covers more source pixels than ``zoom_size``; the mask keeps its steepness per pixel
                 of ``images``. Without it, every zoom is :func:`racnn.modeling.crop.attention_crop` of ``images``.
+            first_boxes: ``None``, or ``(B, 3)`` boxes ``(cx, cy, half side)`` that replace the first APN's (one region
+                only): the oracle-zoom control (``model.oracle_zoom``) hands scale 2 the annotated object box.
         """
+        if first_boxes is not None and (self.regions != 1 or first_boxes.shape != (images.shape[0], 3)):
+            raise ValueError(f"first_boxes must be (B, 3) with one region, got {tuple(first_boxes.shape)}")
         image_size = (images.shape[-2], images.shape[-1])
         if source is not None:
             _check_source(images, source)
@@ -290,6 +313,8 @@ class RACNN(nn.Module):
             logits.append(self.classifiers[s](pooled))  # (B, N)
             if s + 1 < self.num_scales:
                 box = self.apns[s](feature_map)  # (B, 3) / (B, R, 3) at s = 0, (B R, 3) after: in inputs[s]'s frame
+                if s == 0 and first_boxes is not None:
+                    box = first_boxes.to(box.dtype)  # the oracle: the object box, no gradient to the first APN
                 boxes.append(_per_image(box, batch, regions) if s else box)
                 chain = [as_regions(b).reshape(-1, 3) for b in boxes]  # (B R, 3) each; (B, 3) with R = 1
                 composed = compose_boxes(chain, image_size)[-1]  # (B R, 3), in the image's coordinates

@@ -1,14 +1,12 @@
 """Evaluation of an RA-CNN on a loader, and the metrics it reports.
 
 Owns: :func:`evaluate` (every image once, summed over processes), the heads it reports (:func:`head_names`),
-top-1/top-5 per head, the ranking loss, attention-box statistics against object boxes (side, centre inside,
-IoU; with several regions, how much they overlap), the confusion matrix and per-class accuracy, and the files
-they are written to (:func:`write_eval_files`).
+top-1/top-5 per head, the ranking loss, the attention boxes' scores against object boxes
+(:mod:`racnn.training.box_scores`; with several regions, how much they overlap), the confusion matrix and per-class
+accuracy, and the files they are written to (:func:`write_eval_files`).
 
-May import: torch, ``racnn.modeling.crop``, ``racnn.modeling.losses``, ``racnn.modeling.model``, ``racnn.distributed``,
-``racnn.pictures.plots``,
-``racnn.precision``, ``racnn.modeling.regions`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing
-here trains.
+May import: torch, ``racnn.modeling``, ``racnn.distributed``, ``racnn.pictures.plots``, ``racnn.precision``,
+``racnn.training.box_scores`` and ``racnn.training.loop`` (for :func:`model_inputs`). Nothing here trains.
 """
 
 from __future__ import annotations
@@ -23,16 +21,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from racnn.distributed import (
-    all_reduce_sum,
-)
-from racnn.modeling.crop import boxes_to_xyxy
+from racnn.distributed import all_reduce_sum
 from racnn.modeling.heads import head_logits, head_names
 from racnn.modeling.losses import ranking_losses
 from racnn.modeling.regions import as_regions, overlap_penalty
 from racnn.precision import autocast
 from racnn.safety import spreadsheet_cell
-from racnn.training.loop import model_inputs
+from racnn.training.box_scores import BOX_SUMS, OBJECT_SUMS, box_scores, box_sums, object_scores, object_sums
+from racnn.training.loop import model_inputs, to_channels_last
 
 
 @dataclass
@@ -47,17 +43,21 @@ class _EvalSums:
     num_overlaps: int = 0  # zoomed scales whose regions' mutual IoU is summed (model.regions > 1), else 0
     topk: Tensor = None  # (H, 2) top-1 / top-5 hits per head
     confusion: Tensor = None  # (K, K) true x predicted, for confusion_head
-    scalars: Tensor = None  # n, rank loss sum, per box: side sum, with object box, centre inside, IoU sum;
-    # then per zoomed scale (num_overlaps): the sum over images of its regions' mean pairwise IoU
+    scalars: Tensor = None  # n, rank loss sum, then per zoomed scale (num_overlaps): the sum over images of its
+    # regions' mean pairwise IoU
+    boxes: Tensor = None  # (num_boxes, len(BOX_SUMS)): each box's sums against the object boxes
+    objects: Tensor = None  # (len(OBJECT_SUMS),): the object boxes' own sums
 
     def __post_init__(self) -> None:
         kw = {"dtype": torch.float64, "device": self.device}
         self.topk = torch.zeros(len(self.heads), 2, **kw)
         self.confusion = torch.zeros(self.num_classes, self.num_classes, **kw)
-        self.scalars = torch.zeros(2 + 4 * self.num_boxes + self.num_overlaps, **kw)
+        self.scalars = torch.zeros(2 + self.num_overlaps, **kw)
+        self.boxes = torch.zeros(self.num_boxes, len(BOX_SUMS), **kw)
+        self.objects = torch.zeros(len(OBJECT_SUMS), **kw)
 
     def all_reduce(self) -> None:
-        for t in (self.topk, self.confusion, self.scalars):
+        for t in (self.topk, self.confusion, self.scalars, self.boxes, self.objects):
             all_reduce_sum(t)
 
 
@@ -99,8 +99,10 @@ def evaluate(
         Flat metrics (fractions in [0, 1]): ``n_images``; ``top1_<head>`` / ``top5_<head>`` for ``s1..sS``, the
         fusion heads ``1+2``, ``1+2+3``..., ``fused`` (= all scales) and ``avg``; ``rank_loss`` (sum over scale
         pairs, mean over images); for the box that makes scale ``s`` (s >= 2): ``box_side_s<s>`` (side as a
-        fraction of the scale-1 input side) and, when object boxes are known, ``box_in_object_s<s>`` (its centre
-        lies in the object box) and ``box_iou_s<s>``, with ``n_object_boxes``; with several regions per scale
+        fraction of the scale-1 input side), its spread over the images and, when object boxes are known, its
+        scores against them (``box_in_object_s<s>``, ``box_covers_object_s<s>``, ``box_on_object_s<s>``,
+        ``box_iou_s<s>``, ``box_side_corr_s<s>``: :mod:`racnn.training.box_scores`), with ``n_object_boxes`` and the
+        objects' own spread (``object_centre_std_x`` ...); with several regions per scale
         (``model.regions = R > 1``) each of these per region, ``box_side_s<s>_r<r>`` etc., and ``region_iou_s<s>``,
         the mean IoU of every pair of scale ``s``'s regions in image coordinates (0: apart, 1: one box). Non-scalars:
         ``confusion_head``, ``per_class_top1`` (list over classes) and ``confusion_matrix`` (K x K list, rows true
@@ -121,10 +123,11 @@ def evaluate(
     model.eval()
     try:
         for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
-            inputs = tuple(view.to(device, dtype) for view in model_inputs(batch[0]))  # images, and the source
+            # images, and the source, and the oracle's boxes (model.oracle_zoom)
+            inputs = tuple(None if view is None else view.to(device, dtype) for view in model_inputs(batch[0]))
             targets = batch[1].to(device)
             if channels_last:
-                inputs = tuple(view.contiguous(memory_format=torch.channels_last) for view in inputs)
+                inputs = tuple(to_channels_last(view) for view in inputs)
             with autocast(device, amp):
                 out = model(*inputs)
             boxes = object_boxes[batch[2]].to(device) if object_boxes is not None and len(batch) > 2 else None
@@ -155,30 +158,14 @@ def _accumulate(sums: _EvalSums, out, targets: Tensor, margin: float, object_box
     sums.scalars[0] += n
     sums.scalars[1] += sum(rank.values()) * n
     for s, boxes in enumerate(out.boxes_in_image[: sums.num_overlaps]):
-        sums.scalars[2 + 4 * sums.num_boxes + s] += overlap_penalty(boxes) * n
+        sums.scalars[2 + s] += overlap_penalty(boxes) * n
     per_region = [region for boxes in out.boxes_in_image for region in as_regions(boxes).unbind(1)]  # scale-major
-    for s, box in enumerate(per_region):
-        box = box.float()  # (B, 3)
-        base = 2 + 4 * s
-        sums.scalars[base] += (2 * box[:, 2]).sum()  # side = 2 tl, in units of the (square) input side
-        if object_boxes is None:
-            continue
-        known = ~torch.isnan(object_boxes).any(-1)
-        obj = object_boxes[known]
-        tx, ty = box[known, 0], box[known, 1]
-        inside = (tx >= obj[:, 0]) & (tx <= obj[:, 2]) & (ty >= obj[:, 1]) & (ty <= obj[:, 3])
-        sums.scalars[base + 1] += known.sum()
-        sums.scalars[base + 2] += inside.sum()
-        sums.scalars[base + 3] += _iou(boxes_to_xyxy(box[known]), obj).sum()
-
-
-def _iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of matching rows of two ``(N, 4)`` xyxy tensors."""
-    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = w * h
-    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area - inter).clamp(min=1e-12)
+    for s, box in enumerate(per_region):  # (B, 3) each
+        sums.boxes[s] += box_sums(box.detach().float().cpu(), None if object_boxes is None else object_boxes.cpu()).to(
+            sums.boxes.device
+        )
+    if object_boxes is not None:
+        sums.objects += object_sums(object_boxes.cpu()).to(sums.objects.device)
 
 
 def _finalize(sums: _EvalSums, with_objects: bool, regions: int = 1) -> dict[str, Any]:
@@ -188,16 +175,13 @@ def _finalize(sums: _EvalSums, with_objects: bool, regions: int = 1) -> dict[str
         metrics[f"top1_{name}"] = sums.topk[h, 0].item() / n
         metrics[f"top5_{name}"] = sums.topk[h, 1].item() / n
     metrics["rank_loss"] = sums.scalars[1].item() / n
+    if with_objects:
+        metrics.update(object_scores(sums.objects.cpu()))
     for s in range(sums.num_boxes):
-        base, key = 2 + 4 * s, f"s{s // regions + 2}" + (f"_r{s % regions + 1}" if regions > 1 else "")
-        metrics[f"box_side_{key}"] = sums.scalars[base].item() / n
-        known = sums.scalars[base + 1].item()
-        if with_objects and known > 0:
-            metrics["n_object_boxes"] = int(known)
-            metrics[f"box_in_object_{key}"] = sums.scalars[base + 2].item() / known
-            metrics[f"box_iou_{key}"] = sums.scalars[base + 3].item() / known
+        key = f"s{s // regions + 2}" + (f"_r{s % regions + 1}" if regions > 1 else "")
+        metrics.update(box_scores(sums.boxes[s].cpu(), key))
     for s in range(sums.num_overlaps):
-        metrics[f"region_iou_s{s + 2}"] = sums.scalars[2 + 4 * sums.num_boxes + s].item() / n
+        metrics[f"region_iou_s{s + 2}"] = sums.scalars[2 + s].item() / n
     confusion = sums.confusion.long()
     per_class = confusion.diagonal().double() / confusion.sum(1).clamp(min=1).double()
     metrics["confusion_head"] = sums.confusion_head

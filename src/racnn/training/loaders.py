@@ -134,8 +134,11 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     ``round(val_fraction * synthetic_train)`` images); otherwise ``data.val_fraction`` of every class is carved
     from train with ``data.split_seed`` and ``train`` is what is left. With ``val_fraction: 0`` and no split of
     its own there is no val (asking for it is a :class:`ConfigError`) and ``train`` is the whole training split.
+
+    With ``model.oracle_zoom`` an item's image is a dict (:class:`racnn.data.object_boxes.ObjectBoxViews`) that also
+    holds the object box, moved by the same transform and made square: scale 2's box in the oracle control.
     """
-    from racnn.data import build_transforms
+    from racnn.data import build_transforms, to_tensor
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
@@ -143,6 +146,18 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     transform = build_transforms(split, cfg.model.input_size, mean, std, d.resize_ratio, d.hflip, d.source_size)
     if split == "val" and not has_val_split(cfg):
         raise ConfigError(f"{d.dataset} has no validation split of its own and data.val_fraction is 0")
+    if cfg.model.oracle_zoom:  # the split without a transform, then the transform on each image and its object box
+        from racnn.data.object_boxes import ObjectBoxViews
+
+        try:
+            return ObjectBoxViews(_split_of(cfg, split, to_tensor()), transform)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    return _split_of(cfg, split, transform)
+
+
+def _split_of(cfg: Config, split: str, transform) -> Dataset:
+    d = cfg.data
     if split == "test" or d.dataset == "synthetic":
         return _layout_split(cfg, split, transform)
     if has_official_val(d.dataset, d.root, d.options):

@@ -59,17 +59,27 @@ class StepContext:
     def to_device(self, images: Tensor | Sequence[Tensor], targets: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         """A batch's images (a tensor, or ``[input, source]`` with ``data.source_size``) as the model's positional
         inputs on the device, and its targets."""
-        inputs = tuple(view.to(self.device, non_blocking=True) for view in model_inputs(images))
+        inputs = tuple(
+            None if view is None else view.to(self.device, non_blocking=True) for view in model_inputs(images)
+        )
         if self.train.channels_last:
-            inputs = tuple(view.contiguous(memory_format=torch.channels_last) for view in inputs)
+            inputs = tuple(to_channels_last(view) for view in inputs)
         return inputs, targets.to(self.device, non_blocking=True)
 
 
-def model_inputs(images: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+def to_channels_last(view: Tensor | None) -> Tensor | None:
+    """An image batch in channels-last layout; anything else (boxes, a missing source) as it is."""
+    return view.contiguous(memory_format=torch.channels_last) if view is not None and view.dim() == 4 else view
+
+
+def model_inputs(images: Tensor | Sequence[Tensor] | dict[str, Tensor]) -> tuple[Tensor | None, ...]:
     """``(images,)`` for a batch of plain images, ``(images, source)`` for a batch of
-    :class:`racnn.data.SourceViews` pairs: what ``RACNN.forward`` takes, in order."""
+    :class:`racnn.data.SourceViews` pairs, ``(images, source or None, first_boxes)`` for a batch of
+    :class:`racnn.data.object_boxes.ObjectBoxViews` items: what ``RACNN.forward`` takes, in order."""
     if isinstance(images, Tensor):
         return (images,)
+    if isinstance(images, dict):
+        return images["images"], images.get("source"), images["first_boxes"]
     views = tuple(images)
     if len(views) != 2 or not all(isinstance(view, Tensor) for view in views):
         raise TypeError(f"a batch's images must be a tensor or a pair [input, source], got {len(views)} items")
