@@ -8,6 +8,12 @@ On the same data, seeds and budget (METHOD §6), one row per model and seed, pri
 - **fixed zoom**: RA-CNN with the attention off, every box centred with the recipe's side
   (``model.fixed_side = train.pretrain_side``), no APN phases;
 - **APN pre-trained only**: RA-CNN without the ranking phase (``train.apn.epochs=0``);
+- **oracle zoom**: the fixed-zoom control with scale 2's box the annotated object box, made square, at training and
+  test time (``model.oracle_zoom``): the ceiling, what a perfect attention is worth with the same networks (a data
+  set without object boxes skips it with a one-line note);
+- **one network at the zooms' resolution**: the baseline with scale 1's input at ``data.source_size`` (the size the
+  zooms read the photo at; ``model.zoom_size`` without a source view), so that a gain from pixels and a gain from
+  where the box went can be told apart (skipped when that is scale 1's size);
 - **RA-CNN**: the full schedule, branched off the pre-trained-only run where the ranking phase starts (the shared
   phases run once: the pre-trained-only run keeps its phase checkpoints and the full run resumes from the one
   before its first APN phase).
@@ -15,8 +21,10 @@ On the same data, seeds and budget (METHOD §6), one row per model and seed, pri
 The RA-CNN variants run first (the rows a stopped run should not lose), then the baselines and their ensemble.
 Models are chosen on the validation split (``data.val_fraction``); the test split is read once per model. Then a
 summary: mean and spread (min-max) over the seeds of val and test top-1, and test top-1 of scales 1-3 for the
-RA-CNN variants. ``--record`` appends the tables to docs/BENCHMARKS.md with the command, the machine (CPU model,
-whether it has oneDNN bf16 kernels) and the date.
+RA-CNN variants; and, where the data set has object boxes, the attention's scores against them for every zoomed
+scale of every RA-CNN variant, on val and test (:mod:`racnn.training.box_scores`), beside the objects' own spread.
+``--record`` appends the tables to docs/BENCHMARKS.md with the command, the machine (CPU model, whether it has
+oneDNN bf16 kernels) and the date.
 
     python benchmarks/accuracy.py --data ../shared/data/cub50 --seeds 0,1 --record
     python benchmarks/accuracy.py --data ../shared/data/cub50 --seeds 0,1 --record --resume   # after a stop
@@ -53,11 +61,13 @@ from racnn.training.run_files import branch_run, phase_checkpoint
 from racnn.training.schedule import first_phase
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("baseline", "ensemble", "fixed", "pretrained", "racnn")
+MODELS = ("baseline", "wide", "ensemble", "fixed", "oracle", "pretrained", "racnn")
 NAMES = {
     "baseline": "baseline (1 network)",
     "ensemble": "ensemble of {S} baselines",
     "fixed": "fixed zoom (attention off)",
+    "oracle": "oracle zoom (the object box)",
+    "wide": "1 network at {size} px",
     "pretrained": "APN pre-trained only",
     "racnn": "RA-CNN",
 }
@@ -101,7 +111,18 @@ class Rows:
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
+        self.boxes: list[str] = []  # box_rows of the RA-CNN variants
+        self.objects = ""  # object_line of the first run with object boxes
+        self.notes: list[str] = []  # rows skipped, and why
         print(self.HEADER + "\n" + self.RULE, flush=True)
+
+    def add_boxes(self, name: str, seed: int, result) -> None:
+        self.boxes += box_rows(name, seed, result)
+        self.objects = self.objects or object_line(result)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(text, flush=True)
 
     def add(self, model: str, seed: int, val: float | None, test: float, scales=(), wall: float = 0.0) -> None:
         row = {"model": model, "seed": seed, "val": val, "test": test, "scales": list(scales), "wall": wall}
@@ -117,6 +138,16 @@ class Rows:
         return "\n".join([self.HEADER, self.RULE] + [self.format(r) for r in self.rows])
 
     def summary(self) -> str:
+        parts = (self.accuracy_summary(), self.box_summary(), "\n".join(self.notes))
+        return "\n\n".join(part for part in parts if part)
+
+    def box_summary(self) -> str:
+        if not self.boxes:
+            return ""
+        rule = "|" + "---|" * 4 + "---:|" * len(BOX_KEYS)
+        return "\n".join(["Attention against the object boxes:", "", BOX_HEADER, rule, *self.boxes, "", self.objects])
+
+    def accuracy_summary(self) -> str:
         lines = ["| model | seeds | val top-1 % (min-max) | test top-1 % (min-max) | test s1 / s2 / s3 (means) |"]
         lines.append("|---|---:|---:|---:|---:|")
         for model in dict.fromkeys(r["model"] for r in self.rows):
@@ -138,6 +169,39 @@ def _spread(values: list[float | None]) -> str:
     if not values:
         return "-"
     return f"{100 * mean(values):.1f} ({100 * min(values):.1f}-{100 * max(values):.1f})"
+
+
+BOX_KEYS = ("in_object", "covers_object", "on_object", "iou", "centre_std_x", "centre_std_y", "side", "side_corr")
+BOX_HEADER = ("| model | seed | split | scale | centre in % | covers % | on object % | IoU | std x | std y | side | "
+              "corr side-size |")  # fmt: skip
+
+
+def box_rows(name: str, seed: int, result) -> list[str]:
+    """The attention's scores of every zoomed scale on val (the chosen epoch) and test, when object boxes are known."""
+    m = result.metrics
+    chosen = [r for r in result.history if r["global_epoch"] == m["chosen_epoch"]]
+    val = {k.removeprefix("val_"): v for k, v in chosen[0].items() if k.startswith("val_")} if chosen else {}
+    lines = []
+    for split, metrics in [("val", val), ("test", m)]:
+        for s in range(2, 5):
+            if f"box_iou_s{s}" not in metrics:
+                continue
+            cells = []
+            for key in BOX_KEYS:
+                value = metrics.get(f"box_{key}_s{s}")
+                percent = key in ("in_object", "covers_object", "on_object")
+                cells.append("-" if value is None else f"{100 * value:.1f}" if percent else f"{value:.3f}")
+            lines.append(f"| {name} | {seed} | {split} | {s} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def object_line(result) -> str:
+    m = result.metrics
+    if "object_centre_std_x" not in m:
+        return ""
+    return (f"The objects' own spread (test, {m['n_object_boxes']} images): centre std x "
+            f"{m['object_centre_std_x']:.3f}, y {m['object_centre_std_y']:.3f}; size (sqrt of the area, in units of "
+            f"scale 1's side) {m['object_size_mean']:.3f}, std {m['object_size_std']:.3f}.")  # fmt: skip
 
 
 def _fit_row(result) -> tuple[float | None, float, list[float]]:
@@ -231,17 +295,24 @@ def run(args: argparse.Namespace) -> Rows:
             pre, pre_wall = _fit_once(pre_cfg, args.resume)
             if "pretrained" in models:
                 rows.add(NAMES["pretrained"], seed, *_fit_row(pre), pre_wall)
+                rows.add_boxes(NAMES["pretrained"], seed, pre)
             if "racnn" in models:
                 full_cfg = config(seed, f"train.name={cfg.train.name}_s{seed}")
                 result, wall = _fit_once(full_cfg, args.resume, branch_from=pre.run_dir)
                 shared = sum(r["global_epoch"] <= _shared_epochs(full_cfg) for r in pre.history) / len(pre.history)
                 rows.add(NAMES["racnn"], seed, *_fit_row(result), wall + shared * pre_wall)
+                rows.add_boxes(NAMES["racnn"], seed, result)
         if "fixed" in models:
             side = cfg.train.pretrain_side
             fixed = config(seed, f"model.fixed_side={side}", "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
                            f"train.name={cfg.train.name}_fixed_s{seed}")  # fmt: skip
             result, wall = _fit_once(fixed, args.resume)
             rows.add(NAMES["fixed"], seed, *_fit_row(result), wall)
+            rows.add_boxes(NAMES["fixed"], seed, result)
+        if "oracle" in models:
+            _oracle(config(seed, f"model.fixed_side={cfg.train.pretrain_side}", "model.oracle_zoom=true",
+                           "train.apn_pretrain.epochs=0", "train.apn.epochs=0",
+                           f"train.name={cfg.train.name}_oracle_s{seed}"), args.resume, rows)  # fmt: skip
     baselines: dict[int, dict] = {}
     if {"baseline", "ensemble"} & set(models):
         needed = sorted({s + i for s in seeds for i in range(scales if "ensemble" in models else 1)})
@@ -252,6 +323,16 @@ def run(args: argparse.Namespace) -> Rows:
             if "baseline" in models and seed in seeds:
                 b = baselines[seed]
                 rows.add(NAMES["baseline"], seed, b.get("val_top1"), b["top1"], wall=b["wall"])
+    if "wide" in models:
+        first = config(seeds[0])
+        size = first.data.source_size or max(first.model.input_size, first.model.zoom_size)
+        if size == first.model.input_size:
+            rows.note(f"no '{NAMES['wide'].format(size=size)}' row: the zooms read the image at scale 1's size")
+        for seed in seeds if size != first.model.input_size else []:
+            start = time.perf_counter()
+            wide = train_baseline(config(seed, f"model.input_size={size}", "data.source_size=0"))
+            rows.add(NAMES["wide"].format(size=size), seed, wide.get("val_top1"), wide["top1"],
+                     wall=time.perf_counter() - start)  # fmt: skip
     if "ensemble" in models:
         for seed in seeds:
             members = [baselines[seed + i] for i in range(scales)]
@@ -262,6 +343,22 @@ def run(args: argparse.Namespace) -> Rows:
             wall = sum(m["wall"] for m in members)
             rows.add(NAMES["ensemble"].format(S=scales), seed, accuracy.get("val"), accuracy["test"], wall=wall)
     return rows
+
+
+def _oracle(cfg: Config, resume: bool, rows: Rows) -> None:
+    """The oracle-zoom row, or a one-line note where the data set has no object boxes."""
+    from racnn.config import ConfigError
+
+    try:
+        result, wall = _fit_once(cfg, resume)
+    except ConfigError as error:
+        if "oracle_zoom needs object boxes" not in str(error):
+            raise
+        if not any(NAMES["oracle"] in note for note in rows.notes):
+            rows.note(f"no '{NAMES['oracle']}' row: {error}")
+        return
+    rows.add(NAMES["oracle"], cfg.train.seed, *_fit_row(result), wall)
+    rows.add_boxes(NAMES["oracle"], cfg.train.seed, result)
 
 
 def _shared_epochs(cfg: Config) -> int:

@@ -114,16 +114,31 @@ def _accuracy_args(root: Path, runs: Path, input_size: int, zoom_size: int, step
 @pytest.mark.slow
 def test_accuracy_benchmark_reduced(tmp_path):
     root = make_cub(tmp_path / "CUB_200_2011", per_class=4)
-    out = _run(*_accuracy_args(root, tmp_path / "runs", input_size=64, zoom_size=48, steps=2))
+    args = _accuracy_args(root, tmp_path / "runs", input_size=64, zoom_size=48, steps=2)
+    out = _run(*args, "--set", "data.source_size=96")  # the zooms read the photo at 96 px: the wide row's size
     assert "| model | seed | val top-1 % | test top-1 % | test s1 | test s2 | test s3 | wall |" in out
-    for model in ("baseline (1 network)", "ensemble of 3 baselines", "fixed zoom (attention off)",
-                  "APN pre-trained only", "RA-CNN"):  # fmt: skip
+    for model in ("baseline (1 network)", "1 network at 96 px", "ensemble of 3 baselines", "fixed zoom (attention off)",
+                  "oracle zoom (the object box)", "APN pre-trained only", "RA-CNN"):  # fmt: skip
         assert f"| {model} | 0 |" in out and f"| {model} | 1 |" in out, model  # two seeds by default
         assert f"| {model} | 2 |" in out.split("| model | seeds |")[1]  # the summary over both seeds
+    boxes = out.split("Attention against the object boxes:")[1]
+    for model in ("fixed zoom (attention off)", "oracle zoom (the object box)", "APN pre-trained only", "RA-CNN"):
+        for split in ("val", "test"):
+            assert f"| {model} | 1 | {split} | 2 |" in boxes and f"| {model} | 1 | {split} | 3 |" in boxes
+    assert "The objects' own spread (test, 6 images)" in boxes
     # The full run branched off the pre-trained-only run's checkpoint at the end of its classification phase.
     assert (tmp_path / "runs" / "cpu_lite0_cub50_pretrained_s0" / "phase2_cls.pt").is_file()
     history = load_checkpoint(tmp_path / "runs" / "cpu_lite0_cub50_s0" / "last.pt")["state"]["history"]
     assert list(dict.fromkeys(row["phase"] for row in history)) == ["apn_pretrain", "cls", "apn", "fusion"]
+
+
+def test_accuracy_benchmark_notes_the_rows_a_data_set_cannot_have(tmp_path):
+    root = make_cub(tmp_path / "CUB_200_2011", per_class=2, boxes=False)
+    args = _accuracy_args(root, tmp_path / "runs", input_size=48, zoom_size=32, steps=1)
+    out = _run(*args, "--seeds", "0", "--models", "oracle,wide")
+    assert "no 'oracle zoom (the object box)' row: model.oracle_zoom needs object boxes" in out
+    assert "no '1 network at 48 px' row: the zooms read the image at scale 1's size" in out
+    assert "| 0 |" not in out.split("| model | seeds |")[0]  # no row was trained
 
 
 @pytest.mark.slow
