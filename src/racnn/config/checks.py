@@ -46,6 +46,14 @@ def validate(cfg: Config) -> None:
     if t.eval_interval < -1:
         raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
     _one_of("train.rank_coarser", t.rank_coarser, ("trained", "fixed"))
+    _one_of("train.pretrain_target", t.pretrain_target, ("channels", "cam", "cam_extent"))
+    if t.pretrain_target != "channels" and m.regions != 1:
+        raise ConfigError(f"train.pretrain_target={t.pretrain_target} takes one region, got model.regions={m.regions}")
+    if t.pretrain_target != "channels" and t.apn_pretrain.epochs > 0 and t.warmup.epochs == 0:
+        raise ConfigError(
+            f"train.pretrain_target={t.pretrain_target} reads the scales' classifiers, which only the warm-up trains "
+            "before the APN pre-training: set train.warmup.epochs to 1 or more"
+        )
     _one_of("train.fusion_init", t.fusion_init, ("classifiers", "random"))
     if t.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
@@ -92,6 +100,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "train.label_smoothing": (0.0, 0.999),
     "train.margin": (0.0, 1.0),
     "train.region_overlap": (0.0, 1e3),
+    "train.pretrain_threshold": (0.0, 1.0),
     "train.max_steps_per_epoch": (0, 10**9),
     "train.eval_interval": (-1, 10**6),
     "train.rounds": (0, 1000),

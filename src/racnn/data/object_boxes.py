@@ -19,10 +19,10 @@ __all__ = ["MIN_ORACLE_SIDE", "ObjectBoxViews", "square_box"]
 MIN_ORACLE_SIDE = 0.05  # a box cut to a sliver by the crop still gets a readable zoom
 
 
-def square_box(xyxy: Tensor) -> Tensor:
+def square_box(xyxy: Tensor, min_side: float = MIN_ORACLE_SIDE) -> Tensor:
     """The square around normalised ``(x1, y1, x2, y2)`` boxes, moved (not cut) to lie inside the image.
 
-    Its side is the box's longer side (at least :data:`MIN_ORACLE_SIDE`, at most the image's) and its centre the
+    Its side is the box's longer side (at least ``min_side``, at most the image's) and its centre the
     box's, shifted as little as needed to keep the square inside; so the square holds the whole object whenever
     the image can. The input is clipped to the image first (a crop may cut an object).
 
@@ -34,7 +34,7 @@ def square_box(xyxy: Tensor) -> Tensor:
     """
     box = xyxy.clamp(0.0, 1.0)
     x1, y1, x2, y2 = box.unbind(-1)
-    side = torch.maximum(x2 - x1, y2 - y1).clamp(MIN_ORACLE_SIDE, 1.0)
+    side = torch.maximum(x2 - x1, y2 - y1).clamp(min_side, 1.0)
     half = side / 2
     cx = torch.minimum(torch.maximum((x1 + x2) / 2, half), 1 - half)
     cy = torch.minimum(torch.maximum((y1 + y2) / 2, half), 1 - half)

@@ -3,8 +3,8 @@
 Owns: the classification epoch (warm-up and ``cls``), APN pre-training, the ranking-loss APN epoch and the fusion
 epoch (METHOD §4), and :data:`EPOCH_FUNCTIONS`, the table from a phase's kind to its epoch.
 
-May import: ``racnn.modeling.losses``, ``racnn.modeling.regions``, ``racnn.training.loop`` and
-``racnn.training.schedule``.
+May import: ``racnn.modeling.losses``, ``racnn.modeling.regions``, ``racnn.training.attention_targets``,
+``racnn.training.loop`` and ``racnn.training.schedule``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from racnn.config import per_apn
 from racnn.modeling.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses, region_targets
 from racnn.modeling.regions import as_regions, overlap_penalty
+from racnn.training.attention_targets import cam_targets
 from racnn.training.loop import StepContext, run_epoch
 from racnn.training.schedule import crops_detached, prepare_phase
 
@@ -91,6 +92,9 @@ def pretrain_apn_epoch(
 ) -> dict[str, float]:
     """METHOD §4, 2: regress each APN onto the half-side window where its scale's conv map responds most.
 
+    With ``train.pretrain_target`` ``cam`` or ``cam_extent`` the response is the class activation map of the scale's
+    classifier for the true class (:mod:`racnn.training.attention_targets`).
+
     The targets come from ``feature_maps[s]`` (detached); the crops are detached too, so each APN learns from
     its own scale's target only. With K regions, the first APN's K boxes go to the K strongest disjoint windows
     (:func:`racnn.modeling.losses.region_targets`, matched in the best order) and every finer APN's box to the best
@@ -98,6 +102,7 @@ def pretrain_apn_epoch(
     """
     prepare_phase(model, "apn_pretrain")
     sides = per_apn(ctx.train.pretrain_side, model.num_scales)  # the target side of each APN
+    target, threshold = ctx.train.pretrain_target, ctx.train.pretrain_threshold
 
     def losses(net, inputs, targets):
         out = net(*inputs)
@@ -105,7 +110,10 @@ def pretrain_apn_epoch(
         for s, boxes in enumerate(out.boxes):
             side = sides[s]
             feature_map = out.feature_maps[s].detach().float()
-            if s == 0 and boxes.dim() == 3:  # K regions proposed from one map
+            if target != "channels":  # the class activation map of the scale's classifier (one region)
+                weight, min_side = model.classifiers[s].weight, model.apns[s].min_side
+                goal = cam_targets(feature_map, weight, targets, target, side, threshold, min_side)  # (B, 3)
+            elif s == 0 and boxes.dim() == 3:  # K regions proposed from one map
                 goal = region_targets(feature_map, boxes.shape[1], side=side)  # (B, K, 3)
             else:  # one box per map: (B, C, h, w), or a region's (B, K, C, h, w) flattened to B K maps
                 goal = apn_targets(feature_map.flatten(0, -4), side=side).view_as(boxes)

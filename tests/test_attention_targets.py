@@ -1,0 +1,69 @@
+"""Image-dependent APN pre-training targets: the class activation map, its window, its extent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from racnn import training
+from racnn.config import ConfigError, load_config
+from racnn.training.attention_targets import cam_targets, class_activation_map, extent_boxes
+from test_training import CONFIG
+
+
+def _maps() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two channels on an 8 x 8 map: channel 0 lights a 2 x 2 spot at the top left, channel 1 a 4 x 4 block at the
+    bottom right. Class 0's classifier reads channel 0, class 1's channel 1."""
+    fmap = torch.zeros(2, 2, 8, 8)
+    fmap[:, 0, 0:2, 0:2] = 1.0
+    fmap[:, 1, 4:8, 4:8] = 1.0
+    return fmap, torch.eye(2)
+
+
+def test_the_cam_follows_the_true_class_not_the_strongest_channel():
+    fmap, weight = _maps()
+    cam = class_activation_map(fmap, weight, torch.tensor([0, 1]))
+    assert cam[0, 0, 0] == 1 and cam[0, 6, 6] == 0  # class 0: the spot
+    assert cam[1, 6, 6] == 1 and cam[1, 0, 0] == 0  # class 1: the block
+    windows = cam_targets(fmap, weight, torch.tensor([0, 1]), "cam", side=0.25, threshold=0.5, min_side=0.1)
+    assert windows[0].tolist() == pytest.approx([0.125, 0.125, 0.125])
+    assert windows[1, :2].tolist() == pytest.approx([0.75, 0.75], abs=0.07)  # a window inside the block
+
+
+def test_the_extent_box_grows_with_the_object():
+    fmap, weight = _maps()
+    boxes = cam_targets(fmap, weight, torch.tensor([0, 1]), "cam_extent", side=0.5, threshold=0.5, min_side=0.1)
+    small, large = boxes[0], boxes[1]
+    assert 0.2 <= 2 * small[2] <= 0.3 and small[:2].tolist() == pytest.approx([0.125, 0.125], abs=0.02)
+    assert 0.45 <= 2 * large[2] <= 0.55 and large[:2].tolist() == pytest.approx([0.75, 0.75], abs=0.02)
+    inside = (boxes[:, :2] - boxes[:, 2:] >= -1e-6) & (boxes[:, :2] + boxes[:, 2:] <= 1 + 1e-6)
+    assert inside.all()
+
+
+def test_a_flat_map_gives_the_whole_image_and_min_side_holds():
+    assert extent_boxes(torch.ones(1, 7, 7), 0.5, 0.3)[0].tolist() == pytest.approx([0.5, 0.5, 0.5])
+    point = torch.zeros(1, 7, 7)
+    point[0, 3, 3] = 1.0
+    assert 2 * extent_boxes(point, 0.9, 0.4)[0, 2].item() == pytest.approx(0.4)
+
+
+def test_config_checks_of_the_cam_targets():
+    with pytest.raises(ConfigError, match="pretrain_target must be"):
+        load_config(CONFIG, ["train.pretrain_target=saliency"])
+    with pytest.raises(ConfigError, match="warm-up"):
+        load_config(CONFIG, ["train.pretrain_target=cam", "train.warmup.epochs=0"])
+    with pytest.raises(ConfigError, match="one region"):
+        load_config(CONFIG, ["train.pretrain_target=cam_extent", "model.regions=2"])
+    with pytest.raises(ConfigError, match="pretrain_threshold"):
+        load_config(CONFIG, ["train.pretrain_threshold=1.5"])
+
+
+def test_a_run_pretrains_its_apns_on_the_cam_extent(tmp_path):
+    overrides = [f"train.output_dir={tmp_path}", "train.visualize=false", "train.pretrain_target=cam_extent",
+                 "data.synthetic_train=64", "data.synthetic_test=32", "train.max_steps_per_epoch=2",
+                 "train.warmup.epochs=1", "train.rounds=0", "train.fusion.epochs=0"]  # fmt: skip
+    result = training.fit(load_config(CONFIG, overrides))
+    losses = [row for row in result.history if row["phase"] == "apn_pretrain"]
+    assert len(losses) == 2  # the APNs move towards the CAM's boxes: the regression loss falls
+    assert losses[-1]["train_apn_pre1"] < losses[0]["train_apn_pre1"]
+    assert "box_side_corr_s2" in result.metrics  # the synthetic set has object boxes: the boxes are scored
