@@ -3,7 +3,10 @@
 For each checkpoint (a run's model.safetensors, best.pt or last.pt), each zoomed scale and each region: the mean box
 (centre and side, in units of the image, scale 1's input) and its standard deviation over the images of
 ``--split`` (centre-cropped, as evaluation sees them). A spread of zero means the APN proposes the same box for every
-image: a learnt fixed zoom, not attention. Prints one table; nothing is asserted and nothing is written.
+image: a learnt fixed zoom, not attention. Where the data set has object boxes (CUB's ``bounding_boxes.txt``), a row
+``objects`` gives their own spread in the same units (side: the square root of the box's area), the yardstick: an
+attention that follows the objects spreads about as much. Prints one table; nothing is asserted and nothing is
+written.
 
     python benchmarks/box_spread.py runs/cpu_lite0_cub50/model.safetensors runs/other/best.pt --split val
 """
@@ -18,7 +21,7 @@ import torch
 from racnn.checkpoint import find_model_file, load_model
 from racnn.config import apply_overrides
 from racnn.modeling.regions import as_regions
-from racnn.training import build_split, make_eval_loader
+from racnn.training import build_split, make_eval_loader, object_boxes_in_input
 
 HEADER = "| run | scale | region | centre x | centre y | side | std centre x | std centre y | std side | images |"
 RULE = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -64,6 +67,22 @@ def rows(name: str, boxes: list[torch.Tensor]) -> list[str]:
     return lines
 
 
+def object_row(name: str, data, cfg, limit: int) -> list[str]:
+    """The objects' own spread over the same images, as a row of the table (none without object boxes)."""
+    boxes = object_boxes_in_input(data, cfg.data.source_size or cfg.model.input_size, cfg.data.resize_ratio)
+    if boxes is None:
+        return []
+    boxes = boxes[: limit or None]
+    boxes = boxes[~torch.isnan(boxes).any(-1)].double()
+    if len(boxes) == 0:
+        return []
+    size = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+    centre = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, size], dim=1)
+    m, sd = centre.mean(0), centre.std(0) if len(centre) > 1 else torch.zeros(3)
+    cells = [f"{v:.3f}" for v in m] + [f"{v:.4f}" for v in sd]
+    return [f"| {name} | objects | - | " + " | ".join(cells) + f" | {len(boxes)} |"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     print(HEADER + "\n" + RULE, flush=True)
@@ -75,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         data = build_split(cfg, args.split, list(model.mean), list(model.std))
         loader = make_eval_loader(data, args.batch_size, num_workers=0)
         name = source.parent.name if source.name in ("model.safetensors", "best.pt", "last.pt") else source.name
-        for line in rows(name, image_boxes(model, loader, args.images)):
+        for line in rows(name, image_boxes(model, loader, args.images)) + object_row(name, data, cfg, args.images):
             print(line, flush=True)
     return 0
 
