@@ -9,10 +9,14 @@ without bound, or write to the terminal.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
+import socket
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -626,3 +630,150 @@ def test_class_names_cannot_become_spreadsheet_formulas(tmp_path):
     for name in ("confusion.csv", "per_class.csv"):
         text = (tmp_path / name).read_text()
         assert "'=HYPERLINK(1)" in text and ",=" not in text and "\n=" not in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# racnn app under slow and hostile clients (a real server on 127.0.0.1, short timeouts)
+
+
+@pytest.fixture(scope="module")
+def web(tiny):
+    """``(server module, predictor)``; skipped without the app extra."""
+    pytest.importorskip("starlette", reason="racnn app needs the app extra")
+    pytest.importorskip("uvicorn", reason="racnn app needs the app extra")
+    from racnn.app import server
+
+    return server, load(tiny["checkpoint"], device="cpu")
+
+
+def _post(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _form(files: list[tuple[str, bytes]], fields: int = 0) -> tuple[bytes, str]:
+    parts = [b'--B\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n'] * fields
+    for name, data in files:
+        parts.append(f'--B\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode() + data)
+        parts.append(b"\r\n")
+    return b"".join(parts) + b"--B--\r\n", "multipart/form-data; boundary=B"
+
+
+def _png(tiny, size: tuple[int, int] | None = None) -> bytes:
+    path = next(p for p in tiny.values() if p.suffix in (".png", ".jpg"))
+    image = Image.open(path).convert("RGB")
+    buffer = io.BytesIO()
+    (image.resize(size) if size else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _slow_socket(server, head: bytes) -> socket.socket:
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def _answer(sock) -> bytes:
+    """What the server sent before closing (b"" when it closed without a word)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    return data
+
+
+def test_slow_uploads_hold_no_place_in_the_queue_and_time_out(web, tiny):
+    server, predictor = web
+    limits = server.Limits(max_requests=1, body_timeout=1.5)
+    png = _png(tiny)
+    with server.BackgroundServer(server.create_app(predictor, limits)) as running:
+        head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\nContent-Type: image/png\r\n"
+        slow = [_slow_socket(running, (head + "Content-Length: 5000\r\n\r\n").encode() + png[:10]) for _ in range(4)]
+        time.sleep(0.2)
+        status, body = _post(running.url + "/predict", png, "image/png")  # answered while the four trickle
+        assert status == 200 and body["results"][0]["prediction"]["name"] in CLASS_NAMES
+        answers = [_answer(sock) for sock in slow]
+    assert all(a.startswith(b"HTTP/1.1 408") and b"did not arrive within 1.5 s" in a for a in answers), answers
+
+
+def test_half_sent_headers_are_closed_and_never_crowd_out_health(web):
+    server, predictor = web
+    limits = server.Limits(header_timeout=1.0, max_connections=8)
+    with server.BackgroundServer(server.create_app(predictor, limits)) as running:
+        started = time.monotonic()
+        half = [_slow_socket(running, b"GET /health HTTP/1.1\r\nHo") for _ in range(20)]
+        for _ in range(3):  # the oldest half-sent ones give way to new connections
+            assert _get(running.url + "/health")[0] == 200
+            with urllib.request.urlopen(running.url + "/", timeout=30) as page:
+                assert page.status == 200 and b"file-input" in page.read()
+        assert all(_answer(sock) == b"" for sock in half)  # closed without a word, by the cap or the timeout
+        assert time.monotonic() - started < 8
+
+
+def test_a_body_of_many_parts_is_refused_without_parsing(web, tiny):
+    server, predictor = web
+    body, content_type = _form([("a.png", _png(tiny))], fields=400_000)
+    started = time.perf_counter()
+    with pytest.raises(server.RequestError, match="too many parts: 400001 in one multipart body, at most 64"):
+        server.parse_multipart(body, content_type)
+    assert time.perf_counter() - started < 1.0
+    with server.BackgroundServer(server.create_app(predictor)) as running:
+        assert _post(running.url + "/predict", body, content_type) == (
+            400,
+            {"error": "too many parts: 400001 in one multipart body, at most 64"},
+        )
+
+
+def test_a_file_that_cannot_be_classified_gets_its_own_answer(web, tiny):
+    server, predictor = web
+    body, content_type = _form([("line.png", _png(tiny, (20000, 1))), ("bird.png", _png(tiny))])
+    with server.BackgroundServer(server.create_app(predictor)) as running:
+        status, answer = _post(running.url + "/predict", body, content_type)
+        assert status == 200, answer
+        line, bird = answer["results"]
+        assert line["file"] == "line.png" and "20000 x 1" in line["error"] and "prediction" not in line
+        assert bird["file"] == "bird.png" and bird["prediction"]["name"] in CLASS_NAMES
+        status, answer = _post(running.url + "/predict", *_form([("line.png", _png(tiny, (20000, 1)))]))
+        assert status == 422 and "20000 x 1" in answer["error"]
+
+
+def test_requests_for_other_hosts_and_cross_origin_posts_are_refused(web, tiny):
+    server, predictor = web
+    png = _png(tiny)
+    with server.BackgroundServer(server.create_app(predictor)) as running:
+        url, port = running.url, running.port
+        status, body = _get(url + "/health", {"Host": f"evil.example:{port}"})  # DNS rebinding
+        assert status == 400 and "Host 'evil.example:" in body["error"] and "--allow-host" in body["error"]
+        assert _get(url + "/health", {"Host": f"localhost:{port}"})[0] == 200
+        assert _post(url + "/predict", png, "image/png", {"Origin": f"http://127.0.0.1:{port}"})[0] == 200
+        for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+            status, body = _post(url + "/predict", png, "image/png", headers)
+            assert status == 403 and "--allow-cross-origin" in body["error"], headers
+    access = server.Access.for_bind("0.0.0.0", ["proxy.example"], cross_origin=True)
+    assert access.host_allowed("10.1.2.3:8000") and access.host_allowed("[::1]:8000")
+    assert access.host_allowed("proxy.example") and access.host_allowed("app.localhost:80")
+    assert not access.host_allowed("evil.example") and not access.host_allowed("")
+    assert access.refusal("POST", {"host": "proxy.example", "origin": "http://evil.example"}) is None
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--max-mb", "inf"), ("--max-megapixels", "nan"), ("--queue", "10000000"), ("--body-timeout", "0")]
+)
+def test_app_number_options_out_of_range_are_one_line(web, tiny, capsys, flag, value):
+    assert main(["app", "--checkpoint", str(tiny["checkpoint"]), flag, value]) == 2
+    assert flag in _one_line_error(capsys)
