@@ -777,3 +777,30 @@ def test_requests_for_other_hosts_and_cross_origin_posts_are_refused(web, tiny):
 def test_app_number_options_out_of_range_are_one_line(web, tiny, capsys, flag, value):
     assert main(["app", "--checkpoint", str(tiny["checkpoint"]), flag, value]) == 2
     assert flag in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and configurations that lie
+
+
+def test_safetensors_weights_of_another_dtype_are_refused_not_cast(tiny, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from racnn.training import run_files
+
+    model, cfg, names = load_model(tiny["checkpoint"])
+    good = tmp_path / "good" / "model.safetensors"
+    good.parent.mkdir()
+    run_files.save_safetensors(model, cfg, names, good)
+    with safe_open(str(good), framework="pt") as f:
+        metadata, state = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    floats = [key for key, value in state.items() if value.is_floating_point()]
+    for key in floats[:3]:
+        state[key] = state[key].to(torch.int8)
+    bad = tmp_path / "model.safetensors"
+    save_file(state, str(bad), metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"\.(weight|bias) is stored as int8, the model holds float32 \(2 more"):
+        load_model(bad)
+    assert main(["predict", "--checkpoint", str(bad), str(tiny["checkpoint"].parent)]) == 2
+    assert "weights are never cast" in _one_line_error(capsys)
