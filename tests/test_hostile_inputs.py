@@ -558,7 +558,7 @@ def test_data_verify_caps_its_threads(tmp_path, monkeypatch):
 
 
 def test_synthetic_sizes_are_bounded():
-    with pytest.raises(ValueError, match="num_samples must be between 0 and 10,000,000"):
+    with pytest.raises(ValueError, match="num_samples must be between 1 and 10,000,000"):
         build_dataset("synthetic", None, "train", num_samples=10**12)
 
 
@@ -804,3 +804,36 @@ def test_safetensors_weights_of_another_dtype_are_refused_not_cast(tiny, tmp_pat
         load_model(bad)
     assert main(["predict", "--checkpoint", str(bad), str(tiny["checkpoint"].parent)]) == 2
     assert "weights are never cast" in _one_line_error(capsys)
+
+
+def test_a_config_nested_too_deep_is_one_line_not_a_recursion_error(tmp_path, capsys):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 10_000 + "]" * 10_000)
+    with pytest.raises(ConfigError, match=r"deep.yaml: nested more than 32 levels deep \(line 1\)"):
+        load_config(deep)
+    value = "[" * 10_000 + "]" * 10_000
+    assert main(_train_args(tmp_path / "runs", f"data.options.x={value}")) == 2
+    err = _one_line_error(capsys, "racnn train: ")
+    assert "nested more than 32 levels" in err and len(err) < 300  # the value is not echoed whole
+
+
+def test_a_config_file_of_megabytes_is_not_read(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2**20 + 1))
+    with pytest.raises(ConfigError, match="holds 1.0 MB; a config is at most 1 MB"):
+        load_config(big)
+
+
+@pytest.mark.parametrize(
+    "option, words",
+    [
+        ("image_size=[32]", "option 'image_size' of data set 'synthetic' must be an integer, got [32]"),
+        ("cache=maybe", "option 'cache' of data set 'synthetic' must be true or false"),
+        ("detail_period=.inf", "option 'detail_period' of data set 'synthetic' must be a finite number"),
+        ("seed=-5", "seed must be between 0 and 2**32 - 1, got -5"),
+        ("num_samples=0", "num_samples must be between 1 and 10,000,000, got 0"),
+    ],
+)
+def test_data_options_of_the_wrong_type_or_range_are_one_line(tmp_path, capsys, option, words):
+    assert main(_train_args(tmp_path, f"data.options.{option}")) == 2
+    assert words in _one_line_error(capsys, "racnn train: ")
