@@ -837,3 +837,75 @@ def test_a_config_file_of_megabytes_is_not_read(tmp_path):
 def test_data_options_of_the_wrong_type_or_range_are_one_line(tmp_path, capsys, option, words):
     assert main(_train_args(tmp_path, f"data.options.{option}")) == 2
     assert words in _one_line_error(capsys, "racnn train: ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data that lies: leaks between the splits, annotation values out of range
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + line + "\n")
+
+
+def _replace_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_training_image_listed_again_as_a_test_image_is_refused(tmp_path, capsys):
+    root = make_cub(tmp_path / "CUB_200_2011")
+    first = (root / "images.txt").read_text().splitlines()[0].split()[1]  # image id 1, a training image
+    for name, line in [("images.txt", f"13 {first}"), ("image_class_labels.txt", "13 1"),
+                       ("train_test_split.txt", "13 0"), ("bounding_boxes.txt", "13 1 2 3 4")]:  # fmt: skip
+        _append(root / name, line)
+    words = rf"images.txt lines 1 and 13: {first} is listed under image ids 1 and 13, one a training and one a test"
+    with pytest.raises(ValueError, match=words):
+        build_dataset("cub", root, "test")
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "one a training and one a test image: the test score would count a training image" in out
+    assert "Result: FAILED" in out
+
+
+def test_a_copy_of_a_training_image_among_the_test_images_is_an_error(tmp_path, capsys):
+    root = make_folder(tmp_path / "folder", eval_split="test")
+    train, test = root / "train" / "cat" / "cat_0.jpg", root / "test" / "cat" / "cat_eval.jpg"
+    shutil.copyfile(train, test)  # the test file now holds the training image's bytes
+    os.link(test, test.parent / "link.jpg")  # and one file under two names in test (a hard link)
+    assert main(["data", "verify", "--dataset", "folder", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR: one image in train and test: {train} (train), {test} (test)" in out
+    assert f"one file under 2 names in test: {test} (test), {test.parent / 'link.jpg'} (test)" in out
+
+
+@pytest.mark.parametrize(
+    "file, line, text, words",
+    [
+        ("bounding_boxes.txt", 3, "3 nan 2.0 10.0 8.0", "line 3: image id 3 (.*) has an invalid box 'nan 2.0"),
+        ("bounding_boxes.txt", 3, "3 1.0 2.0 inf 8.0", "line 3: image id 3 .* invalid box '1.0 2.0 inf"),
+        ("bounding_boxes.txt", 3, "3 1.0 2.0 -5 8.0", "line 3: .* expected finite x, y >= 0 and width"),
+        ("bounding_boxes.txt", 3, "3 -1 2.0 5 8.0", "bounding_boxes.txt line 3: image id 3 .* invalid box '-1 2.0"),
+        ("train_test_split.txt", 3, "3 2", "split.txt line 3: image id 3 (.*) has value '2', expected 0 or 1"),
+        ("image_class_labels.txt", 3, "3 x", "image_class_labels.txt line 3: image id 3 (.*) has label x, expected"),
+        ("images.txt", 3, "x y.jpg", "images.txt line 3: expected 'ID' and 1 value"),
+        ("classes.txt", 2, "2 001.Black_footed_Albatross", "classes.txt line 2: class id 2 has the name of class id 1"),
+    ],
+)  # fmt: skip
+def test_every_annotation_value_is_checked_naming_its_file_and_line(tmp_path, file, line, text, words):
+    root = make_cub(tmp_path / "CUB_200_2011")
+    _replace_line(root / file, line, text)
+    with pytest.raises(ValueError, match=words):
+        build_dataset("cub", root, "train")
+
+
+def test_a_box_past_its_image_is_reported_and_boxes_are_counted(tmp_path, capsys):
+    root = make_cub(tmp_path / "CUB_200_2011")
+    _replace_line(root / "bounding_boxes.txt", 3, "3 1.0 2.0 500.0 8.0")
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "Object boxes: found for 12 of 12 images" in out
+    assert "bounding_boxes.txt line 3: " in out and "box x=1 y=2 w=500 h=8 reaches past the image" in out
+    bare = make_cub(tmp_path / "bare" / "CUB_200_2011", boxes=False)
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(bare)]) == 0
+    assert "Object boxes: none" in capsys.readouterr().out

@@ -275,13 +275,16 @@ def _require(dataset: str, root: Path, expected: list[str], required: list[str])
         raise DatasetLayoutError(dataset, root, expected, missing)
 
 
-def _read_id_table(path: Path, num_values: int, problems: list[str]) -> dict[int, list[str]]:
+def _read_id_table(
+    path: Path, num_values: int, problems: list[str], lines: dict[int, int] | None = None
+) -> dict[int, list[str]]:
     """Reads a CUB-style ``ID VALUE...`` text file; malformed lines and duplicate ids go to ``problems``.
 
-    With ``num_values == 1`` the value is the rest of the line (it may hold spaces).
+    With ``num_values == 1`` the value is the rest of the line (it may hold spaces). ``lines``, when given, is
+    filled with each id's line number, so later checks of a value can name its line.
     """
     table: dict[int, list[str]] = {}
-    first_line: dict[int, int] = {}
+    first_line: dict[int, int] = {} if lines is None else lines
     try:
         path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:  # a binary or wrongly encoded file: named, not a traceback without a name
