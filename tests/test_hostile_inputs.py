@@ -909,3 +909,18 @@ def test_a_box_past_its_image_is_reported_and_boxes_are_counted(tmp_path, capsys
     bare = make_cub(tmp_path / "bare" / "CUB_200_2011", boxes=False)
     assert main(["data", "verify", "--dataset", "cub", "--root", str(bare)]) == 0
     assert "Object boxes: none" in capsys.readouterr().out
+
+
+def test_when_every_connection_is_inside_a_request_a_new_one_is_told_busy(web, tiny):
+    server, predictor = web
+    limits = server.Limits(max_connections=3, body_timeout=30)
+    with server.BackgroundServer(server.create_app(predictor, limits)) as running:
+        head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\nContent-Length: 5000\r\n\r\n"
+        uploading = [_slow_socket(running, head.encode() + b"x") for _ in range(3)]
+        time.sleep(0.3)
+        status, body = _get(running.url + "/health")
+        assert (status, body) == (503, {"error": "busy: too many connections; try again shortly"})
+        for sock in uploading:
+            sock.close()
+        time.sleep(0.3)
+        assert _get(running.url + "/health")[0] == 200

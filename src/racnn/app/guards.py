@@ -31,9 +31,10 @@ __all__ = ["LOOPBACK_NAMES", "Access", "guarded_protocol"]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
+_BUSY_BODY = b'{"error": "busy: too many connections; try again shortly"}'
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\n"
-    b'content-length: 56\r\n\r\n{"error": "busy: too many connections; try again shortly"}'
+    b"content-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
 )
 
 
