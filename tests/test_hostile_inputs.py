@@ -924,3 +924,15 @@ def test_when_every_connection_is_inside_a_request_a_new_one_is_told_busy(web, t
             sock.close()
         time.sleep(0.3)
         assert _get(running.url + "/health")[0] == 200
+
+
+@pytest.mark.parametrize("label", [float("nan"), 1.5])
+def test_a_matlab_label_that_is_not_a_whole_number_is_named(tmp_path, label):
+    pytest.importorskip("scipy")
+    from data_fixtures import DOG_CLASSES, make_dogs, write_dogs_list
+
+    root = make_dogs(tmp_path / "dogs")
+    rel = f"{DOG_CLASSES[0]}/{DOG_CLASSES[0].split('-')[0]}_1000.jpg"
+    write_dogs_list(root / "lists" / "train_list.mat", [rel], [label])  # int(nan) raised, int(1.5) gave class 1
+    with pytest.raises(ValueError, match=rf"train_list.mat: labels: entry 1 is {label}, not a whole number"):
+        build_dataset("dogs", root, "train")
