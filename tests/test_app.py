@@ -433,7 +433,7 @@ def test_cli_usage_errors_are_one_line(files, tmp_path, capsys):
     assert cli_main(["app", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert cli_main(["app", "--checkpoint", str(files["checkpoint"]), "--max-files", "0"]) == 2
-    assert capsys.readouterr().err == "error: --max-files 0: must be positive and at most 1e+06\n"
+    assert capsys.readouterr().err == "error: --max-files 0: must be positive and at most 1,000,000\n"
     assert cli_main(["app", "--checkpoint", str(files["checkpoint"]), "--port", "70000"]) == 2
     assert capsys.readouterr().err == "error: --port 70000: must be 0-65535 (0: any free port)\n"
 

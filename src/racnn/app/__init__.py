@@ -102,7 +102,7 @@ def _bad_numbers(args: argparse.Namespace) -> list[str]:
     for flag, (attribute, ceiling) in NUMBERS.items():
         value = getattr(args, attribute)
         if not 0 < value <= ceiling:  # also false for NaN
-            bad.append(f"{flag} {value}: must be positive and at most {ceiling:g}")
+            bad.append(f"{flag} {value}: must be positive and at most {ceiling:,}")
     return bad
 
 
