@@ -936,3 +936,22 @@ def test_a_matlab_label_that_is_not_a_whole_number_is_named(tmp_path, label):
     write_dogs_list(root / "lists" / "train_list.mat", [rel], [label])  # int(nan) raised, int(1.5) gave class 1
     with pytest.raises(ValueError, match=rf"train_list.mat: labels: entry 1 is {label}, not a whole number"):
         build_dataset("dogs", root, "train")
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped(web):
+    server, _ = web
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def big(request):
+        return Response(b"x" * 2**27)  # 128 MB: far more than the socket buffers hold
+
+    app = Starlette(routes=[Route("/big", big)])
+    app.state.limits = server.Limits(body_timeout=1.0)
+    with server.BackgroundServer(app) as running:
+        sock = _slow_socket(running, f"GET /big HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\n\r\n".encode())
+        time.sleep(3)  # not reading: the server's send buffer fills, and after 1 s the connection is dropped
+        started = time.monotonic()
+        received = len(_answer(sock))
+        assert received < 2**27 and time.monotonic() - started < 5

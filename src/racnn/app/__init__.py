@@ -65,7 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to send a request's headers (default 10)",
     )
     parser.add_argument(
-        "--body-timeout", type=float, default=60.0, metavar="S", help="seconds to send an upload (default 60)"
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to send an upload, or to leave an answer unread (default 60)",
     )
     parser.add_argument(
         "--max-connections",

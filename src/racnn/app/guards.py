@@ -1,10 +1,11 @@
 """What reaches the app of ``racnn app`` before a handler runs: the connection guard and the request guard.
 
-- :func:`guarded_protocol`: uvicorn's h11 connection with two more rules. A connection must deliver a request's
+- :func:`guarded_protocol`: uvicorn's h11 connection with three more rules. A connection must deliver a request's
   line and headers within ``header_timeout`` seconds of starting to wait for them (a half-sent header is closed,
   not kept), and at most ``max_connections`` are open: one more displaces the connection that has waited longest
   for its headers (idle or half-sent), so a flood of slow sockets cannot keep ``/health`` and the page from
-  answering. Only when every connection is inside a request is the new one answered 503.
+  answering. Only when every connection is inside a request is the new one answered 503. A client that leaves an
+  answer unread for ``write_timeout`` seconds once the send buffer is full is dropped.
 - :class:`Access`: which requests are this server's. The ``Host`` header must name the host the server binds
   (or a loopback name, or one allowed for a reverse proxy), so a page on another name cannot reach the model
   through DNS rebinding; and a form post from another origin (``Origin`` / ``Sec-Fetch-Site``), which browsers
@@ -38,22 +39,35 @@ _BUSY = (
 )
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Protocol]:
-    """An h11 protocol class for ``uvicorn.Config(http=...)`` with a header timeout and a connection cap.
+def guarded_protocol(header_timeout: float, max_connections: int, write_timeout: float = 60.0) -> type[H11Protocol]:
+    """An h11 protocol class for ``uvicorn.Config(http=...)`` with a header timeout, a connection cap and a write
+    timeout.
 
     Args:
         header_timeout: seconds a connection may take to send a request's line and headers, counted from its
             start or from the end of the previous response.
         max_connections: open connections at most; see the module docstring for who gives way.
+        write_timeout: seconds a client may leave an answer unread once the server's send buffer is full; then the
+            connection is dropped (its handler was waiting to write, holding the connection for ever).
     """
-    if not header_timeout > 0 or max_connections < 1:
-        raise ValueError(
-            f"header_timeout and max_connections must be positive, got {header_timeout}, {max_connections}"
-        )
+    if not header_timeout > 0 or max_connections < 1 or not write_timeout > 0:
+        raise ValueError(f"timeouts and max_connections must be positive: {header_timeout}, {max_connections}")
 
     class GuardedH11Protocol(H11Protocol):
         waiting_since: float | None = None  # monotonic time it began waiting for headers; None inside a request
         _header_timer: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
+
+        def pause_writing(self) -> None:  # the send buffer is full: the client is not reading
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(write_timeout, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
+                self._write_timer = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -68,6 +82,8 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[H11Pro
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_timer()
+            if self._write_timer is not None:
+                self._write_timer.cancel()
             self.waiting_since = None
             super().connection_lost(exc)
 

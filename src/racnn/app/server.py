@@ -76,7 +76,8 @@ class Limits:
         decode_threads: uploads parsed, decoded and preprocessed at once (worker threads, off the event loop).
         max_parts: the most parts (files and plain fields) of one multipart body.
         header_timeout: seconds a connection may take to send a request's line and headers.
-        body_timeout: seconds a ``/predict`` body may take to arrive after its headers (then ``408``).
+        body_timeout: seconds a ``/predict`` body may take to arrive after its headers (then ``408``), and seconds a
+            client may leave an answer unread once the send buffer is full (then the connection is dropped).
         max_connections: open connections at most; one more displaces the one that has waited longest for its
             headers (:func:`racnn.app.guards.guarded_protocol`), so ``/health`` and the page stay answerable.
     """
@@ -353,7 +354,7 @@ def _server(app: Starlette, log_level: str) -> uvicorn.Server:
         log_level=log_level,
         lifespan="on",
         # The connection guards replace uvicorn's limit_concurrency, which answers 503 to /health and the page too.
-        http=guarded_protocol(limits.header_timeout, limits.max_connections),
+        http=guarded_protocol(limits.header_timeout, limits.max_connections, limits.body_timeout),
         timeout_graceful_shutdown=10,
     )
     return uvicorn.Server(config)
