@@ -761,6 +761,8 @@ def test_requests_for_other_hosts_and_cross_origin_posts_are_refused(web, tiny):
         assert status == 400 and "Host 'evil.example:" in body["error"] and "--allow-host" in body["error"]
         assert _get(url + "/health", {"Host": f"localhost:{port}"})[0] == 200
         assert _post(url + "/predict", png, "image/png", {"Origin": f"http://127.0.0.1:{port}"})[0] == 200
+        proxied = {"Origin": "https://proxy.example", "Sec-Fetch-Site": "same-origin"}  # a proxy rewrote the Host
+        assert _post(url + "/predict", png, "image/png", proxied)[0] == 200
         for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
             status, body = _post(url + "/predict", png, "image/png", headers)
             assert status == 403 and "--allow-cross-origin" in body["error"], headers

@@ -184,10 +184,13 @@ class Access:
             return None
         site = headers.get("sec-fetch-site")
         origin = headers.get("origin")
-        foreign = site is not None and site.lower() not in ("same-origin", "none")
-        if origin is not None and not foreign:
-            parts = urlsplit(origin.strip())
-            foreign = origin.strip().lower() == "null" or parts.netloc.lower() != host.strip().lower()
+        if site is not None:  # set by the browser, never by a page: it holds behind a proxy that rewrites Host too
+            foreign = site.strip().lower() not in ("same-origin", "none")
+        elif origin is not None:  # browsers without Sec-Fetch-*: the page's origin against the address asked for
+            page = origin.strip().lower()
+            foreign = page == "null" or urlsplit(page).netloc != host.strip().lower()
+        else:  # not a browser's cross-site request (curl, programs)
+            foreign = False
         if foreign:
             shown = repr(origin[:100]) if origin is not None else f"Sec-Fetch-Site {site!r}"
             return 403, (
