@@ -1,9 +1,10 @@
-"""What a careless or hostile user gets (issue #14; the table is docs/HOSTILE_INPUTS.md).
+"""What a careless or hostile user gets (issues #14 and #26; the table is docs/HOSTILE_INPUTS.md).
 
 Read the test names as the list of promises: nothing is overwritten that the command did not create, nothing is
-silently wrong, every refusal is one line that names the key or file (exit 2), and input from elsewhere (run
+silently wrong, every refusal is one line that names the key or file (exit 2), input from elsewhere (run
 names, checkpoint configs, class and file names, links in a data set) cannot reach outside its folder, allocate
-without bound, or write to the terminal.
+without bound, or write to the terminal, and the web app answers every client or says busy while slow and
+hostile ones cost it a connection each.
 """
 
 from __future__ import annotations
