@@ -11,8 +11,15 @@ table; the server's mean batch (images per forward pass) comes from its /health 
 Without --checkpoint, a checkpoint of random weights is written to a temporary folder (speed does not depend on
 the weights); --backbone, --input-size, --zoom-size and --classes choose its model.
 
+With --slow-headers H and/or --slow-bodies B, each client count is measured twice on one server: first alone, then
+beside H sockets that send a request's headers one byte every half second and B sockets that send their headers
+and then their declared 10 MB body one byte every half second (both opened again whenever the server closes them),
+so the table shows the normal clients' latency and errors without and with the slow ones, and how many slow
+sockets the server closed meanwhile.
+
   python benchmarks/bench_app.py --backbone tf_efficientnet_lite0 --input-size 224 --zoom-size 224 --classes 50
   python benchmarks/bench_app.py --checkpoint runs/demo/best.pt --requests 400 --clients 1 4 16
+  python benchmarks/bench_app.py --requests 100 --clients 4 --slow-headers 300 --slow-bodies 40
 """
 
 from __future__ import annotations
@@ -56,7 +63,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", help="the server's --device (default cpu)")
     parser.add_argument("--photo-size", type=int, nargs=2, default=[500, 375], help="photo width height (500 375)")
+    parser.add_argument("--slow-headers", type=int, default=0, help="sockets trickling their headers (default 0)")
+    parser.add_argument("--slow-bodies", type=int, default=0, help="sockets trickling a 10 MB body (default 0)")
     return parser
+
+
+class SlowClients(threading.Thread):
+    """Sockets that hold the server as long as it lets them: ``headers`` of them send a request's headers one byte
+    per ``interval``, ``bodies`` send whole headers and then their declared body one byte per ``interval``. A socket
+    the server closes is opened again; ``closed`` counts them."""
+
+    def __init__(self, port: int, headers: int, bodies: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.port, self.interval = port, interval
+        self.kinds = ["headers"] * headers + ["body"] * bodies
+        self.closed = 0
+        self.stop = threading.Event()
+
+    def _open(self, kind: str) -> socket.socket | None:
+        head = f"POST /predict HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+        if kind == "body":
+            head += f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {10 * 2**20}\r\n\r\n"
+        try:
+            sock = socket.create_connection((HOST, self.port), timeout=5)
+            sock.sendall(head.encode()[: -1 if kind == "headers" else None])
+        except OSError:
+            return None
+        return sock
+
+    def run(self) -> None:
+        sockets: list[socket.socket | None] = [None] * len(self.kinds)
+        while not self.stop.is_set():
+            for i, kind in enumerate(self.kinds):
+                if sockets[i] is None:
+                    sockets[i] = self._open(kind)
+                    continue
+                try:
+                    sockets[i].send(b"x" if kind == "body" else b"X")
+                except OSError:  # closed by the server: count it, open another
+                    sockets[i].close()
+                    sockets[i] = None
+                    self.closed += 1
+            self.stop.wait(self.interval)
+        for sock in sockets:
+            if sock is not None:
+                sock.close()
 
 
 def random_checkpoint(args: argparse.Namespace, folder: Path) -> Path:
@@ -112,7 +163,11 @@ def call(connection: http.client.HTTPConnection, method: str, path: str, body: b
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"} if body is not None else {}
     connection.request(method, path, body=body, headers=headers)
     response = connection.getresponse()
-    return response.status, json.loads(response.read())
+    text = response.read()
+    try:
+        return response.status, json.loads(text)
+    except ValueError:  # e.g. uvicorn's own plain-text 503 "Exceeded concurrency limit."
+        return response.status, {"error": text.decode(errors="replace")[:200]}
 
 
 def answer(record: dict) -> tuple:
@@ -150,7 +205,7 @@ def peak_rss_mib(pid: int) -> float:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")) / 1024
 
 
-def run_row(args: argparse.Namespace, checkpoint: Path, clients: int, pictures: list, folder: Path) -> dict:
+def run_row(args: argparse.Namespace, checkpoint: Path, clients: int, pictures: list, folder: Path) -> list[dict]:
     server, port = start_server(args, checkpoint, clients, folder / f"server-{clients}.log")
     try:
         control = connect(port)
@@ -161,56 +216,85 @@ def run_row(args: argparse.Namespace, checkpoint: Path, clients: int, pictures: 
                 if status != 200:
                     raise SystemExit(f"warm-up request answered {status}: {body}")
                 expected[name] = answer(body["results"][0])
-        before = call(control, "GET", "/health")[1]["queue"]
-
-        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(args.requests):
-            todo.put(i)
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-
-        def client() -> None:
-            connection = connect(port)
-            while True:
-                try:
-                    i = todo.get_nowait()
-                except queue.Empty:
-                    break
-                name, data = pictures[i % len(pictures)]
-                start = time.perf_counter()
-                try:
-                    status, body = call(connection, "POST", "/predict", multipart(name, data))
-                    problem = None if status == 200 else f"{status}: {body.get('error')}"
-                    if problem is None and answer(body["results"][0]) != expected[name]:
-                        problem = f"a different answer for {name}"
-                except (OSError, http.client.HTTPException, ValueError) as error:
-                    problem = f"{type(error).__name__}: {error}"
-                    connection.close()
-                    connection = connect(port)
-                with lock:
-                    latencies.append(time.perf_counter() - start)
-                    if problem:
-                        errors.append(problem)
-            connection.close()
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        start = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        seconds = time.perf_counter() - start
-        control.close()  # idle through the run: the server's keep-alive timeout has closed it
-        control = connect(port)
-        after = call(control, "GET", "/health")[1]["queue"]
-        control.close()
+        rows = [measure(args, port, clients, pictures, expected, control)]
+        if args.slow_headers or args.slow_bodies:
+            slow = SlowClients(port, args.slow_headers, args.slow_bodies)
+            slow.start()
+            time.sleep(3)  # let them connect and settle in
+            try:
+                rows.append(measure(args, port, clients, pictures, expected, None))
+            finally:
+                slow.stop.set()
+                slow.join(30)
+            rows[-1]["slow"] = f"{args.slow_headers} + {args.slow_bodies} ({slow.closed} closed by the server)"
         rss = peak_rss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(60)
+    for row in rows:
+        row["rss"] = rss
+    return rows
+
+
+def measure(
+    args: argparse.Namespace,
+    port: int,
+    clients: int,
+    pictures: list,
+    expected: dict,
+    control: http.client.HTTPConnection | None,
+) -> dict:
+    """One timed phase of ``clients`` threads sending --requests requests in all to the running server."""
+    if control is None:
+        control = connect(port)
+    before = call(control, "GET", "/health")[1].get("queue")
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(args.requests):
+        todo.put(i)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        connection = connect(port)
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                break
+            name, data = pictures[i % len(pictures)]
+            start = time.perf_counter()
+            try:
+                status, body = call(connection, "POST", "/predict", multipart(name, data))
+                problem = None if status == 200 else f"{status}: {body.get('error')}"
+                if problem is None and answer(body["results"][0]) != expected[name]:
+                    problem = f"a different answer for {name}"
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                problem = f"{type(error).__name__}: {error}"
+                connection.close()
+                connection = connect(port)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                if problem:
+                    errors.append(problem)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    control.close()  # idle through the run: the server's keep-alive timeout has closed it
+    control = connect(port)
+    after = call(control, "GET", "/health")[1].get("queue")
+    control.close()
+    if before is None or after is None:  # /health was refused (a server without the connection guards)
+        before = after = {"batches": 0, "images": float("nan")}
     batches = max(1, after["batches"] - before["batches"])
     return {
+        "slow": "none",
         "clients": clients,
         "requests": len(latencies),
         "rps": len(latencies) / seconds,
@@ -219,7 +303,6 @@ def run_row(args: argparse.Namespace, checkpoint: Path, clients: int, pictures: 
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
         "mean_batch": (after["images"] - before["images"]) / batches,
-        "rss": rss,
     }
 
 
@@ -235,7 +318,7 @@ def main() -> None:
         pictures = photos(*args.photo_size)
         rows = []
         for clients in args.clients:
-            rows.append(run_row(args, checkpoint, clients, pictures, folder))
+            rows += run_row(args, checkpoint, clients, pictures, folder)
             print(f"{clients} clients: {rows[-1]}", file=sys.stderr, flush=True)
 
     model = (
@@ -246,16 +329,18 @@ def main() -> None:
         f"{args.threads} torch threads; photos {args.photo_size[0]} x {args.photo_size[1]} JPEG, one per request; "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs\n"
     )
-    print("| clients | requests | requests/s | p50 ms | p95 ms | errors | mean batch | server peak RSS MiB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    slow = args.slow_headers or args.slow_bodies
+    print("| clients | requests | requests/s | p50 ms | p95 ms | errors | mean batch | server peak RSS MiB |"
+          + (" slow sockets: headers + bodies |" if slow else ""))  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if slow else ""))
     for r in rows:
         print(
             f"| {r['clients']} | {r['requests']} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | {r['errors']} "
-            f"| {r['mean_batch']:.1f} | {r['rss']:.0f} |"
+            f"| {r['mean_batch']:.1f} | {r['rss']:.0f} |" + (f" {r['slow']} |" if slow else "")
         )
     for r in rows:
         if r["errors"]:
-            print(f"\n{r['clients']} clients: first error: {r['first_error']}")
+            print(f"\n{r['clients']} clients, slow sockets {r['slow']}: first error: {r['first_error']}")
 
 
 if __name__ == "__main__":

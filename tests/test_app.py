@@ -146,7 +146,9 @@ def test_health_reports_model_limits_and_colours(server):
     assert status == 200 and body["status"] == "ok"
     assert body["model"] == {"name": "tiny.pt", "backbone": "tiny", "num_classes": 4, "num_scales": 3,
                              "input_size": 64, "device": "cpu"}  # fmt: skip
-    assert body["limits"] == {"max_mb": 20.0, "max_files": 8, "max_megapixels": 40.0, "max_requests": 32}
+    assert body["limits"] == {"max_mb": 20.0, "max_files": 8, "max_megapixels": 40.0, "max_requests": 32,
+                              "max_parts": 64, "header_timeout_s": 10.0, "body_timeout_s": 60.0,
+                              "max_connections": 256}  # fmt: skip
     assert body["scale_colors"] == {"2": "#ff0000", "3": "#00ff00", "4": "#0000ff"}
     assert len(SCALE_COLORS) == 3 and body["topk"] == 5
 
@@ -431,7 +433,7 @@ def test_cli_usage_errors_are_one_line(files, tmp_path, capsys):
     assert cli_main(["app", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert cli_main(["app", "--checkpoint", str(files["checkpoint"]), "--max-files", "0"]) == 2
-    assert capsys.readouterr().err == "error: --max-files 0: must be positive\n"
+    assert capsys.readouterr().err == "error: --max-files 0: must be positive and at most 1,000,000\n"
     assert cli_main(["app", "--checkpoint", str(files["checkpoint"]), "--port", "70000"]) == 2
     assert capsys.readouterr().err == "error: --port 70000: must be 0-65535 (0: any free port)\n"
 

@@ -187,7 +187,7 @@ def _rewrite(path, old: str, new: str) -> None:
 def test_label_out_of_range(tmp_path):
     root = make_cub(tmp_path / "CUB_200_2011")
     _rewrite(root / "image_class_labels.txt", "5 2\n", "5 99\n")
-    with pytest.raises(DatasetIntegrityError, match=r"image_class_labels.txt: image id 5 .* has label 99, expected"):
+    with pytest.raises(DatasetIntegrityError, match=r"labels.txt line \d+: image id 5 .* has label 99, expected"):
         build_dataset("cub", root, "train")
 
 

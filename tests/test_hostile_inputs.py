@@ -1,18 +1,23 @@
-"""What a careless or hostile user gets (issue #14; the table is docs/HOSTILE_INPUTS.md).
+"""What a careless or hostile user gets (issues #14 and #26; the table is docs/HOSTILE_INPUTS.md).
 
 Read the test names as the list of promises: nothing is overwritten that the command did not create, nothing is
-silently wrong, every refusal is one line that names the key or file (exit 2), and input from elsewhere (run
+silently wrong, every refusal is one line that names the key or file (exit 2), input from elsewhere (run
 names, checkpoint configs, class and file names, links in a data set) cannot reach outside its folder, allocate
-without bound, or write to the terminal.
+without bound, or write to the terminal, and the web app answers every client or says busy while slow and
+hostile ones cost it a connection each.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
+import socket
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -554,7 +559,7 @@ def test_data_verify_caps_its_threads(tmp_path, monkeypatch):
 
 
 def test_synthetic_sizes_are_bounded():
-    with pytest.raises(ValueError, match="num_samples must be between 0 and 10,000,000"):
+    with pytest.raises(ValueError, match="num_samples must be between 1 and 10,000,000"):
         build_dataset("synthetic", None, "train", num_samples=10**12)
 
 
@@ -626,3 +631,330 @@ def test_class_names_cannot_become_spreadsheet_formulas(tmp_path):
     for name in ("confusion.csv", "per_class.csv"):
         text = (tmp_path / name).read_text()
         assert "'=HYPERLINK(1)" in text and ",=" not in text and "\n=" not in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# racnn app under slow and hostile clients (a real server on 127.0.0.1, short timeouts)
+
+
+@pytest.fixture(scope="module")
+def web(tiny):
+    """``(server module, predictor)``; skipped without the app extra."""
+    pytest.importorskip("starlette", reason="racnn app needs the app extra")
+    pytest.importorskip("uvicorn", reason="racnn app needs the app extra")
+    from racnn.app import server
+
+    return server, load(tiny["checkpoint"], device="cpu")
+
+
+def _post(url: str, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _form(files: list[tuple[str, bytes]], fields: int = 0) -> tuple[bytes, str]:
+    parts = [b'--B\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n'] * fields
+    for name, data in files:
+        parts.append(f'--B\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode() + data)
+        parts.append(b"\r\n")
+    return b"".join(parts) + b"--B--\r\n", "multipart/form-data; boundary=B"
+
+
+def _png(tiny, size: tuple[int, int] | None = None) -> bytes:
+    path = next(p for p in tiny.values() if p.suffix in (".png", ".jpg"))
+    image = Image.open(path).convert("RGB")
+    buffer = io.BytesIO()
+    (image.resize(size) if size else image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _slow_socket(server, head: bytes) -> socket.socket:
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def _answer(sock) -> bytes:
+    """What the server sent before closing (b"" when it closed without a word)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    return data
+
+
+def test_slow_uploads_hold_no_place_in_the_queue_and_time_out(web, tiny):
+    server, predictor = web
+    limits = server.Limits(max_requests=1, body_timeout=1.5)
+    png = _png(tiny)
+    with server.BackgroundServer(server.create_app(predictor, limits)) as running:
+        head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\nContent-Type: image/png\r\n"
+        slow = [_slow_socket(running, (head + "Content-Length: 5000\r\n\r\n").encode() + png[:10]) for _ in range(4)]
+        time.sleep(0.2)
+        status, body = _post(running.url + "/predict", png, "image/png")  # answered while the four trickle
+        assert status == 200 and body["results"][0]["prediction"]["name"] in CLASS_NAMES
+        answers = [_answer(sock) for sock in slow]
+    assert all(a.startswith(b"HTTP/1.1 408") and b"did not arrive within 1.5 s" in a for a in answers), answers
+
+
+def test_half_sent_headers_are_closed_and_never_crowd_out_health(web):
+    server, predictor = web
+    limits = server.Limits(header_timeout=1.0, max_connections=8)
+    with server.BackgroundServer(server.create_app(predictor, limits)) as running:
+        started = time.monotonic()
+        half = [_slow_socket(running, b"GET /health HTTP/1.1\r\nHo") for _ in range(20)]
+        for _ in range(3):  # the oldest half-sent ones give way to new connections
+            assert _get(running.url + "/health")[0] == 200
+            with urllib.request.urlopen(running.url + "/", timeout=30) as page:
+                assert page.status == 200 and b"file-input" in page.read()
+        assert all(_answer(sock) == b"" for sock in half)  # closed without a word, by the cap or the timeout
+        assert time.monotonic() - started < 8
+
+
+def test_a_body_of_many_parts_is_refused_without_parsing(web, tiny):
+    server, predictor = web
+    body, content_type = _form([("a.png", _png(tiny))], fields=400_000)
+    started = time.perf_counter()
+    with pytest.raises(server.RequestError, match="too many parts: 400001 in one multipart body, at most 64"):
+        server.parse_multipart(body, content_type)
+    assert time.perf_counter() - started < 1.0
+    with server.BackgroundServer(server.create_app(predictor)) as running:
+        assert _post(running.url + "/predict", body, content_type) == (
+            400,
+            {"error": "too many parts: 400001 in one multipart body, at most 64"},
+        )
+
+
+def test_a_file_that_cannot_be_classified_gets_its_own_answer(web, tiny):
+    server, predictor = web
+    body, content_type = _form([("line.png", _png(tiny, (20000, 1))), ("bird.png", _png(tiny))])
+    with server.BackgroundServer(server.create_app(predictor)) as running:
+        status, answer = _post(running.url + "/predict", body, content_type)
+        assert status == 200, answer
+        line, bird = answer["results"]
+        assert line["file"] == "line.png" and "20000 x 1" in line["error"] and "prediction" not in line
+        assert bird["file"] == "bird.png" and bird["prediction"]["name"] in CLASS_NAMES
+        status, answer = _post(running.url + "/predict", *_form([("line.png", _png(tiny, (20000, 1)))]))
+        assert status == 422 and "20000 x 1" in answer["error"]
+
+
+def test_requests_for_other_hosts_and_cross_origin_posts_are_refused(web, tiny):
+    server, predictor = web
+    png = _png(tiny)
+    with server.BackgroundServer(server.create_app(predictor)) as running:
+        url, port = running.url, running.port
+        status, body = _get(url + "/health", {"Host": f"evil.example:{port}"})  # DNS rebinding
+        assert status == 400 and "Host 'evil.example:" in body["error"] and "--allow-host" in body["error"]
+        assert _get(url + "/health", {"Host": f"localhost:{port}"})[0] == 200
+        assert _post(url + "/predict", png, "image/png", {"Origin": f"http://127.0.0.1:{port}"})[0] == 200
+        proxied = {"Origin": "https://proxy.example", "Sec-Fetch-Site": "same-origin"}  # a proxy rewrote the Host
+        assert _post(url + "/predict", png, "image/png", proxied)[0] == 200
+        for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+            status, body = _post(url + "/predict", png, "image/png", headers)
+            assert status == 403 and "--allow-cross-origin" in body["error"], headers
+    access = server.Access.for_bind("0.0.0.0", ["proxy.example"], cross_origin=True)
+    assert access.host_allowed("10.1.2.3:8000") and access.host_allowed("[::1]:8000")
+    assert access.host_allowed("proxy.example") and access.host_allowed("app.localhost:80")
+    assert not access.host_allowed("evil.example") and not access.host_allowed("")
+    assert access.refusal("POST", {"host": "proxy.example", "origin": "http://evil.example"}) is None
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--max-mb", "inf"), ("--max-megapixels", "nan"), ("--queue", "10000000"), ("--body-timeout", "0")]
+)
+def test_app_number_options_out_of_range_are_one_line(web, tiny, capsys, flag, value):
+    assert main(["app", "--checkpoint", str(tiny["checkpoint"]), flag, value]) == 2
+    assert flag in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints and configurations that lie
+
+
+def test_safetensors_weights_of_another_dtype_are_refused_not_cast(tiny, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from racnn.training import run_files
+
+    model, cfg, names = load_model(tiny["checkpoint"])
+    good = tmp_path / "good" / "model.safetensors"
+    good.parent.mkdir()
+    run_files.save_safetensors(model, cfg, names, good)
+    with safe_open(str(good), framework="pt") as f:
+        metadata, state = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    floats = [key for key, value in state.items() if value.is_floating_point()]
+    for key in floats[:3]:
+        state[key] = state[key].to(torch.int8)
+    bad = tmp_path / "model.safetensors"
+    save_file(state, str(bad), metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"\.(weight|bias) is stored as int8, the model holds float32 \(2 more"):
+        load_model(bad)
+    assert main(["predict", "--checkpoint", str(bad), str(tiny["checkpoint"].parent)]) == 2
+    assert "weights are never cast" in _one_line_error(capsys)
+
+
+def test_a_config_nested_too_deep_is_one_line_not_a_recursion_error(tmp_path, capsys):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 10_000 + "]" * 10_000)
+    with pytest.raises(ConfigError, match=r"deep.yaml: nested more than 32 levels deep \(line 1\)"):
+        load_config(deep)
+    value = "[" * 10_000 + "]" * 10_000
+    assert main(_train_args(tmp_path / "runs", f"data.options.x={value}")) == 2
+    err = _one_line_error(capsys, "racnn train: ")
+    assert "nested more than 32 levels" in err and len(err) < 300  # the value is not echoed whole
+
+
+def test_a_config_file_of_megabytes_is_not_read(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (2**20 + 1))
+    with pytest.raises(ConfigError, match="holds 1.0 MB; a config is at most 1 MB"):
+        load_config(big)
+
+
+@pytest.mark.parametrize(
+    "option, words",
+    [
+        ("image_size=[32]", "option 'image_size' of data set 'synthetic' must be an integer, got [32]"),
+        ("cache=maybe", "option 'cache' of data set 'synthetic' must be true or false"),
+        ("detail_period=.inf", "option 'detail_period' of data set 'synthetic' must be a finite number"),
+        ("seed=-5", "seed must be between 0 and 2**32 - 1, got -5"),
+        ("num_samples=0", "num_samples must be between 1 and 10,000,000, got 0"),
+    ],
+)
+def test_data_options_of_the_wrong_type_or_range_are_one_line(tmp_path, capsys, option, words):
+    assert main(_train_args(tmp_path, f"data.options.{option}")) == 2
+    assert words in _one_line_error(capsys, "racnn train: ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data that lies: leaks between the splits, annotation values out of range
+
+
+def _append(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + line + "\n")
+
+
+def _replace_line(path: Path, number: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_training_image_listed_again_as_a_test_image_is_refused(tmp_path, capsys):
+    root = make_cub(tmp_path / "CUB_200_2011")
+    first = (root / "images.txt").read_text().splitlines()[0].split()[1]  # image id 1, a training image
+    for name, line in [("images.txt", f"13 {first}"), ("image_class_labels.txt", "13 1"),
+                       ("train_test_split.txt", "13 0"), ("bounding_boxes.txt", "13 1 2 3 4")]:  # fmt: skip
+        _append(root / name, line)
+    words = rf"images.txt lines 1 and 13: {first} is listed under image ids 1 and 13, one a training and one a test"
+    with pytest.raises(ValueError, match=words):
+        build_dataset("cub", root, "test")
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "one a training and one a test image: the test score would count a training image" in out
+    assert "Result: FAILED" in out
+
+
+def test_a_copy_of_a_training_image_among_the_test_images_is_an_error(tmp_path, capsys):
+    root = make_folder(tmp_path / "folder", eval_split="test")
+    train, test = root / "train" / "cat" / "cat_0.jpg", root / "test" / "cat" / "cat_eval.jpg"
+    shutil.copyfile(train, test)  # the test file now holds the training image's bytes
+    os.link(test, test.parent / "link.jpg")  # and one file under two names in test (a hard link)
+    assert main(["data", "verify", "--dataset", "folder", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR: one image in train and test: {train} (train), {test} (test)" in out
+    assert f"one file under 2 names in test: {test} (test), {test.parent / 'link.jpg'} (test)" in out
+
+
+@pytest.mark.parametrize(
+    "file, line, text, words",
+    [
+        ("bounding_boxes.txt", 3, "3 nan 2.0 10.0 8.0", "line 3: image id 3 (.*) has an invalid box 'nan 2.0"),
+        ("bounding_boxes.txt", 3, "3 1.0 2.0 inf 8.0", "line 3: image id 3 .* invalid box '1.0 2.0 inf"),
+        ("bounding_boxes.txt", 3, "3 1.0 2.0 -5 8.0", "line 3: .* expected finite x, y >= 0 and width"),
+        ("bounding_boxes.txt", 3, "3 -1 2.0 5 8.0", "bounding_boxes.txt line 3: image id 3 .* invalid box '-1 2.0"),
+        ("train_test_split.txt", 3, "3 2", "split.txt line 3: image id 3 (.*) has value '2', expected 0 or 1"),
+        ("image_class_labels.txt", 3, "3 x", "image_class_labels.txt line 3: image id 3 (.*) has label x, expected"),
+        ("images.txt", 3, "x y.jpg", "images.txt line 3: expected 'ID' and 1 value"),
+        ("classes.txt", 2, "2 001.Black_footed_Albatross", "classes.txt line 2: class id 2 has the name of class id 1"),
+    ],
+)  # fmt: skip
+def test_every_annotation_value_is_checked_naming_its_file_and_line(tmp_path, file, line, text, words):
+    root = make_cub(tmp_path / "CUB_200_2011")
+    _replace_line(root / file, line, text)
+    with pytest.raises(ValueError, match=words):
+        build_dataset("cub", root, "train")
+
+
+def test_a_box_past_its_image_is_reported_and_boxes_are_counted(tmp_path, capsys):
+    root = make_cub(tmp_path / "CUB_200_2011")
+    _replace_line(root / "bounding_boxes.txt", 3, "3 1.0 2.0 500.0 8.0")
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "Object boxes: found for 12 of 12 images" in out
+    assert "bounding_boxes.txt line 3: " in out and "box x=1 y=2 w=500 h=8 reaches past the image" in out
+    bare = make_cub(tmp_path / "bare" / "CUB_200_2011", boxes=False)
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(bare)]) == 0
+    assert "Object boxes: none" in capsys.readouterr().out
+
+
+def test_when_every_connection_is_inside_a_request_a_new_one_is_told_busy(web, tiny):
+    server, predictor = web
+    limits = server.Limits(max_connections=3, body_timeout=30)
+    with server.BackgroundServer(server.create_app(predictor, limits)) as running:
+        head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\nContent-Length: 5000\r\n\r\n"
+        uploading = [_slow_socket(running, head.encode() + b"x") for _ in range(3)]
+        time.sleep(0.3)
+        status, body = _get(running.url + "/health")
+        assert (status, body) == (503, {"error": "busy: too many connections; try again shortly"})
+        for sock in uploading:
+            sock.close()
+        time.sleep(0.3)
+        assert _get(running.url + "/health")[0] == 200
+
+
+@pytest.mark.parametrize("label", [float("nan"), 1.5])
+def test_a_matlab_label_that_is_not_a_whole_number_is_named(tmp_path, label):
+    pytest.importorskip("scipy")
+    from data_fixtures import DOG_CLASSES, make_dogs, write_dogs_list
+
+    root = make_dogs(tmp_path / "dogs")
+    rel = f"{DOG_CLASSES[0]}/{DOG_CLASSES[0].split('-')[0]}_1000.jpg"
+    write_dogs_list(root / "lists" / "train_list.mat", [rel], [label])  # int(nan) raised, int(1.5) gave class 1
+    with pytest.raises(ValueError, match=rf"train_list.mat: labels: entry 1 is {label}, not a whole number"):
+        build_dataset("dogs", root, "train")
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped(web):
+    server, _ = web
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def big(request):
+        return Response(b"x" * 2**27)  # 128 MB: far more than the socket buffers hold
+
+    app = Starlette(routes=[Route("/big", big)])
+    app.state.limits = server.Limits(body_timeout=1.0)
+    with server.BackgroundServer(app) as running:
+        sock = _slow_socket(running, f"GET /big HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\n\r\n".encode())
+        time.sleep(3)  # not reading: the server's send buffer fills, and after 1 s the connection is dropped
+        started = time.monotonic()
+        received = len(_answer(sock))
+        assert received < 2**27 and time.monotonic() - started < 5

@@ -293,6 +293,15 @@ def _check_shapes(cfg: Config, state: dict[str, torch.Tensor], described: str) -
             raise CheckpointError(
                 f"{described}: {key} is stored as {tuple(stored.shape)}, the config makes it {tuple(tensor.shape)}"
             )
+    # load_state_dict would cast silently (float32 weights stored as int8 load as zeros and predict uniform odds).
+    retyped = [key for key, tensor in skeleton.items() if key in state and state[key].dtype != tensor.dtype]
+    if retyped:
+        key = retyped[0]
+        more = f" ({len(retyped) - 1} more tensors differ)" if len(retyped) > 1 else ""
+        raise CheckpointError(
+            f"{described}: {key} is stored as {str(state[key].dtype).removeprefix('torch.')}, the model holds "
+            f"{str(skeleton[key].dtype).removeprefix('torch.')}{more}; weights are never cast on loading"
+        )
     for key, stored in state.items():  # a NaN weight makes every prediction NaN, and eval score 0 % without a word
         if stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
             raise CheckpointError(f"{described}: {key} holds NaN or infinite values; the weights are damaged")

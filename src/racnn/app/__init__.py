@@ -4,7 +4,9 @@ boxes and the zoomed regions.
 The page and programs use the same endpoints: POST /predict (multipart/form-data file fields, or one image as
 the raw body; answers {"results": [...]} with one `racnn predict --json` object per file), GET /health. One
 model serves every client: a worker thread batches the queued images; when --queue requests are in progress,
-more are answered 503 "busy". Nothing is written to disk. Binds 127.0.0.1 unless --host says otherwise.
+more are answered 503 "busy". Nothing is written to disk. Binds 127.0.0.1 unless --host says otherwise, and
+answers only requests addressed to that host or a loopback name (--allow-host adds names, e.g. for a reverse
+proxy); posts from pages of other origins are refused unless --allow-cross-origin.
 Needs the app extra: pip install 'racnn[app]'.
 
 Example:
@@ -43,11 +45,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_batch_size(parser, "images per forward pass", 16)
     parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host is NAME (repeatable; '*': any), e.g. the name a reverse proxy uses "
+        "(default: the --host address and localhost names only)",
+    )
+    parser.add_argument(
+        "--allow-cross-origin",
+        action="store_true",
+        help="also run POST /predict sent by pages of other origins (default: refused with 403)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to send a request's headers (default 10)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to send an upload, or to leave an answer unread (default 60)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open connections; one more closes the one idle longest (default 256)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="server log on stderr; info logs every request (default info)",
     )
+
+
+# flag -> (its value's attribute, the largest value that makes sense): counts, sizes and seconds a server takes.
+NUMBERS = {
+    "--topk": ("topk", 10**6),
+    "--max-mb": ("max_mb", 2**20),  # 1 TB
+    "--max-files": ("max_files", 10**6),
+    "--max-megapixels": ("max_megapixels", 10**6),
+    "--queue": ("queue", 10**6),
+    "--batch-size": ("batch_size", 4096),
+    "--header-timeout": ("header_timeout", 86400),
+    "--body-timeout": ("body_timeout", 86400),
+    "--max-connections": ("max_connections", 10**6),
+}
+
+
+def _bad_numbers(args: argparse.Namespace) -> list[str]:
+    """One phrase per numeric option out of its range (positive, finite, at most its ceiling)."""
+    bad = []
+    for flag, (attribute, ceiling) in NUMBERS.items():
+        value = getattr(args, attribute)
+        if not 0 < value <= ceiling:  # also false for NaN
+            bad.append(f"{flag} {value}: must be positive and at most {ceiling:,}")
+    return bad
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,15 +117,13 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
-    from racnn.app.server import Limits, bind, create_app, serve
+    from racnn.app.server import Access, Limits, bind, create_app, serve
     from racnn.checkpoint import CheckpointError
     from racnn.inference.api import load
 
-    positive = {"--topk": args.topk, "--max-mb": args.max_mb, "--max-files": args.max_files}
-    positive |= {"--max-megapixels": args.max_megapixels, "--queue": args.queue, "--batch-size": args.batch_size}
-    bad = [f"{flag} {value}" for flag, value in positive.items() if not value > 0]
+    bad = _bad_numbers(args)
     if bad:
-        print(f"error: {', '.join(bad)}: must be positive", file=sys.stderr)
+        print(f"error: {', '.join(bad)}", file=sys.stderr)
         return 2
     if not 0 <= args.port < 65536:
         print(f"error: --port {args.port}: must be 0-65535 (0: any free port)", file=sys.stderr)
@@ -91,9 +149,13 @@ def main(args: argparse.Namespace) -> int:
         max_files=args.max_files,
         max_pixels=int(args.max_megapixels * 1e6),
         max_requests=args.queue,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
     )
+    access = Access.for_bind(args.host, args.allow_host, cross_origin=args.allow_cross_origin)
     name = Path(predictor.source or args.checkpoint).name
-    app = create_app(predictor, limits, topk=args.topk, batch_size=args.batch_size, name=name)
+    app = create_app(predictor, limits, topk=args.topk, batch_size=args.batch_size, name=name, access=access)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     model = f"{name} ({predictor.config.model.backbone}, {len(predictor.class_names)} classes)"

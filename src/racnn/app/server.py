@@ -1,7 +1,8 @@
 """The web app of ``racnn app``: the page, ``POST /predict`` and ``GET /health`` over one shared inference queue.
 
-Owns the HTTP side: reading an upload within its limits, splitting ``multipart/form-data``, statuses and JSON
-error bodies, serving the page from package data (``racnn/app/static``), and running uvicorn on a socket.
+Owns the HTTP side: statuses and JSON error bodies, per-file answers, serving the page from package data
+(``racnn/app/static``), and running uvicorn on a socket behind the guards of :mod:`racnn.app.guards` (header
+timeout, connection cap, ``Host`` allow-list, cross-origin posts). Reading uploads is :mod:`racnn.app.uploads`.
 Imports starlette and uvicorn (the ``app`` extra) at module level, so only ``racnn.app.main``, the tests and the
 benchmark import it; the model side lives in :mod:`racnn.app.inference`.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import email.message
 import importlib.resources
 import io
 import logging
@@ -27,15 +27,29 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from racnn.app.guards import Access, guarded_protocol
 from racnn.app.inference import Busy, ImageError, InferenceQueue, decode_image
+from racnn.app.uploads import RequestError, Upload, UploadMemory, parse_multipart, read_body, split_upload
 from racnn.inference.api import Prediction, Predictor, PreparedImage
 from racnn.pictures.visualize import SCALE_COLORS
 
-__all__ = ["BackgroundServer", "Limits", "RequestError", "Upload", "bind", "create_app", "parse_multipart", "serve"]
+__all__ = [
+    "Access",
+    "BackgroundServer",
+    "Limits",
+    "RequestError",
+    "Upload",
+    "bind",
+    "create_app",
+    "parse_multipart",
+    "serve",
+]
 
 log = logging.getLogger("racnn.app")
 
@@ -56,9 +70,16 @@ class Limits:
         max_bytes: the most bytes one ``POST /predict`` may upload (all its files together).
         max_files: the most files one request may hold.
         max_pixels: the most pixels (width x height) of one image.
-        max_requests: ``/predict`` requests in progress at once (reading, waiting or running); more are answered
-            ``503`` busy before their upload is read. Bounds memory at about ``max_requests * max_bytes``.
-        decode_threads: images decoded and preprocessed at once.
+        max_requests: ``/predict`` requests decoding, waiting for or running on the model at once; more are
+            answered ``503`` busy (before their upload is read when the server is already full). A request takes
+            its place only once its whole body has arrived, so slow uploads never hold one.
+        decode_threads: uploads parsed, decoded and preprocessed at once (worker threads, off the event loop).
+        max_parts: the most parts (files and plain fields) of one multipart body.
+        header_timeout: seconds a connection may take to send a request's line and headers.
+        body_timeout: seconds a ``/predict`` body may take to arrive after its headers (then ``408``), and seconds a
+            client may leave an answer unread once the send buffer is full (then the connection is dropped).
+        max_connections: open connections at most; one more displaces the one that has waited longest for its
+            headers (:func:`racnn.app.guards.guarded_protocol`), so ``/health`` and the page stay answerable.
     """
 
     max_bytes: int = 20 * 2**20
@@ -66,6 +87,15 @@ class Limits:
     max_pixels: int = 40_000_000
     max_requests: int = 32
     decode_threads: int = 2
+    max_parts: int = 64
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 256
+
+    @property
+    def upload_memory(self) -> int:
+        """Bytes of uploads held at once by all requests together: ``max_requests * max_bytes``."""
+        return self.max_requests * self.max_bytes
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -73,107 +103,11 @@ class Limits:
             "max_files": self.max_files,
             "max_megapixels": self.max_pixels / 1e6,
             "max_requests": self.max_requests,
+            "max_parts": self.max_parts,
+            "header_timeout_s": self.header_timeout,
+            "body_timeout_s": self.body_timeout,
+            "max_connections": self.max_connections,
         }
-
-
-class RequestError(Exception):
-    """A request the server will not serve: an HTTP status and a one-line message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One uploaded file: its name as the client gave it (``None`` for a raw body without one) and its bytes."""
-
-    name: str | None
-    data: bytes
-
-
-def _header_params(name: str, value: str) -> email.message.Message:
-    """A header parsed as email does: ``get_param`` undoes quoting and RFC 2231 encoding."""
-    message = email.message.Message()
-    message[name] = value
-    return message
-
-
-def parse_multipart(body: bytes, content_type: str) -> list[Upload]:
-    """The file parts of a ``multipart/form-data`` body (RFC 7578), in order; plain form fields are skipped.
-
-    Args:
-        body: the whole request body (already size-checked).
-        content_type: the request's ``Content-Type`` header, which carries the boundary.
-
-    Raises:
-        RequestError: 400 for a missing boundary or a malformed body.
-    """
-    boundary = _header_params("content-type", content_type).get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        raise RequestError(400, "multipart/form-data without a boundary")
-    # Every delimiter is CRLF "--" boundary, except the first, which may start the body: give it a CRLF too.
-    parts = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))
-    if len(parts) < 2 or not parts[-1].startswith(b"--"):
-        raise RequestError(400, "malformed multipart/form-data: no closing boundary")
-    uploads = []
-    for part in parts[1:-1]:  # parts[0] is the preamble, parts[-1] the epilogue after the closing "--"
-        head, separator, content = part.lstrip(b" \t").partition(b"\r\n\r\n")
-        if not separator or not head.startswith(b"\r\n"):
-            raise RequestError(400, "malformed multipart/form-data: a part without its header block")
-        headers = {}
-        for line in head.decode("utf-8", errors="replace").split("\r\n")[1:]:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        disposition = _header_params("content-disposition", headers.get("content-disposition", ""))
-        keys = {key.lower() for key, _ in disposition.get_params(header="content-disposition") or []}
-        if "filename" in keys or "filename*" in keys:
-            uploads.append(Upload(disposition.get_filename() or None, content))
-    return uploads
-
-
-def split_upload(request: Request, body: bytes, max_files: int) -> list[Upload]:
-    """The files of a ``/predict`` request: multipart file fields, or the raw body as one image.
-
-    Raises:
-        RequestError: an empty request, no file in it, more than ``max_files``, or a body that is neither.
-    """
-    hint = "send images as multipart/form-data file fields (curl -F file=@bird.jpg) or one image as the raw body"
-    if not body:
-        raise RequestError(400, f"empty request: {hint}")
-    content_type = request.headers.get("content-type", "")
-    mime = content_type.partition(";")[0].strip().lower()
-    if mime == "multipart/form-data":
-        uploads = parse_multipart(body, content_type)
-    elif mime in ("", "application/octet-stream") or mime.startswith("image/"):
-        uploads = [Upload(request.query_params.get("filename"), body)]
-    else:
-        raise RequestError(415, f"cannot read a {mime} body: {hint}")
-    if not uploads:
-        raise RequestError(400, f"no file in the request: {hint}")
-    if len(uploads) > max_files:
-        raise RequestError(400, f"too many files: {len(uploads)} in one request, at most {max_files}")
-    return uploads
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes`` (before reading, when
-    ``Content-Length`` says so)."""
-    limit = f"the limit of {max_bytes / 2**20:g} MB per request"
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, f"bad Content-Length header: {declared!r}")
-        if int(declared) > max_bytes:
-            raise RequestError(413, f"upload of {int(declared) / 2**20:.1f} MB is over {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise RequestError(413, f"upload is over {limit}")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def png_data_url(image: Image.Image) -> str:
@@ -191,14 +125,33 @@ def prediction_record(prediction: Prediction, crops: bool) -> dict[str, Any]:
     return record
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    headers = {"Retry-After": "1"} if status == 503 else None
+def _error(status: int, message: str, *, close: bool = False, **extra: Any) -> JSONResponse:
+    """A JSON error; ``close``: end the connection after it (an upload answered before it was read whole)."""
+    headers = {"Retry-After": "1"} if status == 503 else {}
+    if close:
+        headers["Connection"] = "close"
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def _static_files() -> dict[str, bytes]:
     folder = importlib.resources.files("racnn.app") / "static"
     return {name: (folder / name).read_bytes() for name in STATIC}
+
+
+class _Guarded:
+    """ASGI middleware: answers a request that :meth:`Access.refusal` refuses with its status, before any route."""
+
+    def __init__(self, app: ASGIApp, access: Access) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.access.refusal(scope["method"], Request(scope).headers)
+            if refusal is not None:
+                await _error(*refusal, close=scope["method"] not in ("GET", "HEAD"))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -208,6 +161,7 @@ def create_app(
     topk: int = 5,
     batch_size: int = 16,
     name: str | None = None,
+    access: Access | None = None,
 ) -> Starlette:
     """The ASGI app: ``GET /`` the page, ``POST /predict``, ``GET /health``, ``GET /static/<file>``.
 
@@ -219,19 +173,23 @@ def create_app(
         topk: classes reported per scale and fusion head.
         batch_size: the most images per forward pass.
         name: what the page calls the model (e.g. the checkpoint's file name).
+        access: which requests are answered (``Host`` names, cross-origin posts); default
+            :class:`racnn.app.guards.Access` (loopback names only).
     """
     limits = limits or Limits()
+    access = access or Access()
     inference = InferenceQueue(
         predictor, topk=topk, max_batch=batch_size, max_pending=limits.max_requests * limits.max_files
     )
     static = _static_files()
-    in_flight = 0  # /predict requests in progress; the event loop is one thread, so a plain int is safe
-    decoders: anyio.CapacityLimiter | None = None
+    in_flight = 0  # /predict requests past reading their body; the event loop is one thread, so a plain int is safe
+    memory = UploadMemory(limits.upload_memory)
+    workers: anyio.CapacityLimiter | None = None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal decoders
-        decoders = anyio.CapacityLimiter(limits.decode_threads)
+        nonlocal workers
+        workers = anyio.CapacityLimiter(limits.decode_threads)
         inference.start()
         try:
             yield
@@ -242,44 +200,67 @@ def create_app(
         """Decode and preprocess one upload (in a worker thread), or say why not."""
         try:
             image = decode_image(upload.data, limits.max_pixels)
-        except ImageError as error:
-            return str(error)
-        return dataclasses.replace(predictor.prepare(image), source=upload.name)
+            return dataclasses.replace(predictor.prepare(image), source=upload.name)
+        except (ImageError, ValueError) as error:  # ValueError: e.g. sides too far apart for the model
+            return str(error).splitlines()[0]
+        except Exception as error:  # this file's failure, not the request's
+            log.exception("preparing an upload failed")
+            return f"internal error while reading the image: {type(error).__name__}"
 
-    async def classify(request: Request) -> Response:
+    async def classify(request: Request, body: bytes) -> Response:
         crops = request.query_params.get("crops", "").lower() in ("1", "true", "yes")
-        uploads = split_upload(request, await read_body(request, limits.max_bytes), limits.max_files)
-        prepared = await asyncio.gather(*(anyio.to_thread.run_sync(prepare, u, limiter=decoders) for u in uploads))
+        content_type, filename = request.headers.get("content-type", ""), request.query_params.get("filename")
+        uploads = await anyio.to_thread.run_sync(  # a body of many parts is a scan of megabytes: off the loop
+            lambda: split_upload(body, content_type, filename, limits.max_files, limits.max_parts), limiter=workers
+        )
+        prepared = await asyncio.gather(*(anyio.to_thread.run_sync(prepare, u, limiter=workers) for u in uploads))
         images = [item for item in prepared if isinstance(item, PreparedImage)]
         try:
             futures = inference.submit(images, crops=crops)
         except Busy as error:
             raise RequestError(503, str(error)) from None
-        predictions = iter(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        answers = iter(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True))
+        failures = 0  # files the model failed on: the server's fault, not the file's
 
-        def records() -> list[dict[str, Any]]:
-            return [
-                prediction_record(next(predictions), crops)
-                if isinstance(item, PreparedImage)
-                else {"file": upload.name, "error": item}
-                for upload, item in zip(uploads, prepared, strict=True)
-            ]
+        def record(upload: Upload, item: PreparedImage | str) -> dict[str, Any]:
+            nonlocal failures
+            if not isinstance(item, PreparedImage):
+                return {"file": upload.name, "error": item}
+            answer = next(answers)
+            if isinstance(answer, Busy):
+                raise answer
+            if isinstance(answer, BaseException):
+                failures += 1
+                log.error("classifying %r failed: %s: %s", upload.name, type(answer).__name__, answer)
+                return {"file": upload.name, "error": f"internal error: {type(answer).__name__}: {answer}"}
+            return prediction_record(answer, crops)
 
-        results = await anyio.to_thread.run_sync(records)  # PNG encoding of the crops: off the event loop
-        if not images:
+        results = await anyio.to_thread.run_sync(  # PNG encoding of the crops: off the event loop
+            lambda: [record(u, item) for u, item in zip(uploads, prepared, strict=True)]
+        )
+        if failures and failures == len(images):
+            return _error(500, results[0]["error"] if len(results) == 1 else "internal error", results=results)
+        if all("error" in r for r in results):
             first = next(r["error"] for r in results)
             return _error(422, f"no image could be read: {first}", results=results)
         return JSONResponse({"results": results})
 
     async def predict(request: Request) -> Response:
         nonlocal in_flight
-        if in_flight >= limits.max_requests:
-            return _error(503, f"busy: {in_flight} requests in progress; try again shortly")
-        in_flight += 1
+        if in_flight >= limits.max_requests:  # full: say so before reading the upload
+            return _error(503, f"busy: {in_flight} requests in progress; try again shortly", close=True)
+        body = None
         try:
-            return await classify(request)
+            body = await read_body(request, limits.max_bytes, limits.body_timeout, memory)
+            if in_flight >= limits.max_requests:
+                raise RequestError(503, f"busy: {in_flight} requests in progress; try again shortly")
+            in_flight += 1
+            try:
+                return await classify(request, body)
+            finally:
+                in_flight -= 1
         except RequestError as error:
-            return _error(error.status, error.message)
+            return _error(error.status, error.message, close=body is None)
         except Busy as error:  # closed while this request waited
             return _error(503, str(error))
         except ClientDisconnect:  # nobody to answer; not a server error
@@ -288,7 +269,7 @@ def create_app(
             log.exception("POST /predict failed")
             return _error(500, f"internal error: {type(error).__name__}: {error}")
         finally:
-            in_flight -= 1
+            memory.release(len(body or b""))
 
     async def health(request: Request) -> Response:
         model = predictor.config.model
@@ -342,6 +323,7 @@ def create_app(
             Route("/static/{file}", static_file, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(_Guarded, access=access)],
         lifespan=lifespan,
     )
     app.state.inference = inference
@@ -366,12 +348,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _server(app: Starlette, log_level: str) -> uvicorn.Server:
+    limits: Limits = app.state.limits
     config = uvicorn.Config(
         app,
         log_level=log_level,
         lifespan="on",
-        # A backstop for floods of idle connections; /predict answers "busy" itself long before.
-        limit_concurrency=max(64, 4 * app.state.limits.max_requests),
+        # The connection guards replace uvicorn's limit_concurrency, which answers 503 to /health and the page too.
+        http=guarded_protocol(limits.header_timeout, limits.max_connections, limits.body_timeout),
         timeout_graceful_shutdown=10,
     )
     return uvicorn.Server(config)

@@ -137,7 +137,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.cls.lr=0.01)")
         dotted, raw = item.split("=", 1)
-        value = _parse_yaml(raw, f"--set {item}") if raw.strip() else None
+        shown = item if len(item) <= 100 else item[:97] + "..."  # a 20,000-character value is not echoed whole
+        value = _parse_yaml(raw, f"--set {shown}") if raw.strip() else None
         keys = dotted.strip().split(".")
         node = data
         for depth, key in enumerate(keys[:-1]):
@@ -156,9 +157,28 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return config_from_dict(data)
 
 
+MAX_DEPTH = 32  # levels of nested mappings and lists; a racnn config has 4 (train.cls.lr, data.options.x[i])
+MAX_CONFIG_BYTES = 2**20
+
+
 def _parse_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load`` with a one-line error naming ``where`` and the line and column."""
+    """``yaml.safe_load`` with a one-line error naming ``where`` and the line and column.
+
+    The nesting is measured on the event stream first (the parser keeps its own stack; the composer recurses), so
+    10,000 nested lists are refused in one line instead of hitting Python's recursion limit.
+    """
     try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1 if event.start_mark is not None else "?"
+                    raise ConfigError(
+                        f"{where}: nested more than {MAX_DEPTH} levels deep (line {line}); a racnn config has 4"
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -192,6 +212,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = find_config(path)
         try:
+            size = Path(path).stat().st_size
+            if size > MAX_CONFIG_BYTES:  # a config is a few kB; a mistaken --config data.tar is not read whole
+                raise ConfigError(f"config file {path} holds {size / 2**20:.1f} MB; a config is at most 1 MB of YAML")
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None

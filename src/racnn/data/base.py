@@ -1,5 +1,5 @@
 """The common ground of the file-based data sets: :class:`ImageDataset`, :class:`SkippedImagesWarning` and the
-layout helpers the families share (``_require``, ``_read_id_table``, ``_display_name``, ``_load_mat``,
+layout helpers the families share (``_require``, ``_read_id_table``, ``_display_name``, ``_load_mat``, ``_mat_ints``,
 ``_require_scipy``, ``_header_size``, ``_path_loader``, ``_torchvision_samples``, ``_resolve_parent``).
 
 Every data set returns ``(image, label)`` (by default ``image`` is a float32 tensor ``(3, H, W)`` in [0, 1];
@@ -275,13 +275,16 @@ def _require(dataset: str, root: Path, expected: list[str], required: list[str])
         raise DatasetLayoutError(dataset, root, expected, missing)
 
 
-def _read_id_table(path: Path, num_values: int, problems: list[str]) -> dict[int, list[str]]:
+def _read_id_table(
+    path: Path, num_values: int, problems: list[str], lines: dict[int, int] | None = None
+) -> dict[int, list[str]]:
     """Reads a CUB-style ``ID VALUE...`` text file; malformed lines and duplicate ids go to ``problems``.
 
-    With ``num_values == 1`` the value is the rest of the line (it may hold spaces).
+    With ``num_values == 1`` the value is the rest of the line (it may hold spaces). ``lines``, when given, is
+    filled with each id's line number, so later checks of a value can name its line.
     """
     table: dict[int, list[str]] = {}
-    first_line: dict[int, int] = {}
+    first_line: dict[int, int] = {} if lines is None else lines
     try:
         path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:  # a binary or wrongly encoded file: named, not a traceback without a name
@@ -338,6 +341,25 @@ def _load_mat(path: Path, dataset: str, root: Path) -> dict[str, Any]:
         return loadmat(path)
     except Exception as error:  # scipy raises several types (ValueError, TypeError, MatReadError) on bad files
         raise DatasetIntegrityError(dataset, root, [f"{path}: cannot read MATLAB file ({error})"]) from error
+
+
+def _mat_ints(values: Any, where: str, dataset: str, root: Path) -> list[int]:
+    """The whole numbers of a MATLAB array (labels, image ids), or a :class:`DatasetIntegrityError` naming
+    ``where`` and the first value that is not one (``int()`` of NaN raised a ValueError, of 1.5 gave 1)."""
+    import numpy as np
+
+    flat = np.ravel(values)
+    try:
+        numbers = flat.astype(np.float64)
+    except (TypeError, ValueError):
+        raise DatasetIntegrityError(dataset, root, [f"{where}: holds values that are not numbers"]) from None
+    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if bad.any():
+        first = int(np.argmax(bad))
+        value = flat[first].item() if hasattr(flat[first], "item") else flat[first]
+        problem = f"{where}: entry {first + 1} is {value!r}, not a whole number ({int(bad.sum())} such entries)"
+        raise DatasetIntegrityError(dataset, root, [problem])
+    return [int(v) for v in numbers]
 
 
 def _header_size(path: str) -> tuple[float, float]:

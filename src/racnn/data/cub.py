@@ -9,6 +9,7 @@ nothing outside :mod:`racnn.data`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -77,17 +78,26 @@ class CUB200(ImageDataset):
             ["images/", "images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"],
         )
         problems: list[str] = []
-        class_table = _read_id_table(root / "classes.txt", 1, problems)
-        images = _read_id_table(root / "images.txt", 1, problems)
-        labels = _read_id_table(root / "image_class_labels.txt", 1, problems)
-        is_train = _read_id_table(root / "train_test_split.txt", 1, problems)
+        line: dict[str, dict[int, int]] = {name: {} for name in ("classes", "images", "labels", "split", "boxes")}
+        class_table = _read_id_table(root / "classes.txt", 1, problems, line["classes"])
+        images = _read_id_table(root / "images.txt", 1, problems, line["images"])
+        labels = _read_id_table(root / "image_class_labels.txt", 1, problems, line["labels"])
+        is_train = _read_id_table(root / "train_test_split.txt", 1, problems, line["split"])
         box_file = root / "bounding_boxes.txt"
-        box_table = _read_id_table(box_file, 4, problems) if box_file.is_file() else None
+        box_table = _read_id_table(box_file, 4, problems, line["boxes"]) if box_file.is_file() else None
 
         num_classes = len(class_table)
         if sorted(class_table) != list(range(1, num_classes + 1)):
             problems.append(f"classes.txt: class ids must be 1..{num_classes}, got {sorted(class_table)[:10]}...")
         raw_classes = [class_table[c][0] for c in sorted(class_table)]
+        named: dict[str, int] = {}
+        for class_id in sorted(class_table):
+            first = named.setdefault(class_table[class_id][0], class_id)
+            if first != class_id:
+                problems.append(
+                    f"classes.txt line {line['classes'][class_id]}: class id {class_id} has the name of class id "
+                    f"{first} ({class_table[class_id][0]!r})"
+                )
 
         for file_name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
             extra = sorted(set(table) - set(images))
@@ -95,7 +105,9 @@ class CUB200(ImageDataset):
                 problems.append(f"{file_name}: {len(extra)} id(s) not in images.txt, e.g. {extra[:5]}")
 
         samples, boxes, image_ids, train_counts = [], {}, {}, Counter()
+        box_lines: dict[str, int] = {}
         class_index = {c: i for i, c in enumerate(sorted(class_table))}
+        listed: dict[str, int] = {}  # normalised path -> the first image id that lists it
         for image_id in sorted(images):
             rel = images[image_id][0]
             if image_id not in labels or image_id not in is_train:
@@ -105,12 +117,28 @@ class CUB200(ImageDataset):
             label_text, split_text = labels[image_id][0], is_train[image_id][0]
             if not label_text.isdigit() or int(label_text) not in class_index:
                 problems.append(
-                    f"image_class_labels.txt: image id {image_id} ({rel}) has label {label_text}, "
-                    f"expected a class id 1..{num_classes}"
+                    f"image_class_labels.txt line {line['labels'][image_id]}: image id {image_id} ({rel}) has label "
+                    f"{label_text}, expected a class id 1..{num_classes}"
                 )
                 continue
             if split_text not in ("0", "1"):
-                problems.append(f"train_test_split.txt: image id {image_id} has value {split_text!r}, expected 0 or 1")
+                problems.append(
+                    f"train_test_split.txt line {line['split'][image_id]}: image id {image_id} ({rel}) has value "
+                    f"{split_text!r}, expected 0 or 1"
+                )
+                continue
+            first = listed.setdefault(os.path.normpath(rel), image_id)
+            if first != image_id:  # one file under two ids: counted twice, or in both splits (a leak into test)
+                where = f"images.txt lines {line['images'][first]} and {line['images'][image_id]}"
+                if is_train[first][0] != split_text:
+                    problems.append(
+                        f"{where}: {rel} is listed under image ids {first} and {image_id}, one a training and one a "
+                        "test image: the test score would count a training image; the second left out"
+                    )
+                else:
+                    problems.append(
+                        f"{where}: {rel} is listed under image ids {first} and {image_id}; the second is left out"
+                    )
                 continue
             label = class_index[int(label_text)]
             train_counts[label] += split_text == "1"
@@ -119,17 +147,18 @@ class CUB200(ImageDataset):
                 if image_id not in box_table:
                     problems.append(f"bounding_boxes.txt: no box for image id {image_id} ({rel})")
                 else:
-                    try:
-                        box = tuple(float(v) for v in box_table[image_id])
-                    except ValueError:
-                        box = None
-                    if box is None or box[2] <= 0 or box[3] <= 0:
+                    box = _box(box_table[image_id])
+                    if box is None:
                         values = " ".join(box_table[image_id])
-                        problems.append(f"bounding_boxes.txt: image id {image_id} has an invalid box {values!r}")
+                        problems.append(
+                            f"bounding_boxes.txt line {line['boxes'][image_id]}: image id {image_id} ({rel}) has an "
+                            f"invalid box {values!r}: expected finite x, y >= 0 and width, height > 0"
+                        )
             if (split_text == "1") == (split == "train"):
                 path = str(root / "images" / rel)
                 samples.append((path, label))
                 boxes[path], image_ids[path] = box, image_id
+                box_lines[path] = line["boxes"].get(image_id, 0)
         problems += [
             f"class {raw_classes[c]!r} (class id {c + 1}) has no training images"
             for c in range(num_classes)
@@ -142,6 +171,7 @@ class CUB200(ImageDataset):
         self.boxes: list[tuple[float, float, float, float]] | None = (
             [boxes[p] for p in self.paths] if box_table is not None else None
         )
+        self.box_lines: list[int] = [box_lines[p] for p in self.paths]  # bounding_boxes.txt line of each box
         self._image_sizes: Tensor | None = None
 
     @property
@@ -178,3 +208,15 @@ class CUB200(ImageDataset):
         if self.boxes is None:
             raise ValueError(f"no bounding_boxes.txt under {self.root}: this copy of CUB has no object boxes")
         return self.boxes[index]
+
+
+def _box(values: list[str]) -> tuple[float, float, float, float] | None:
+    """``(x, y, w, h)`` from a line of ``bounding_boxes.txt``, or None unless finite with ``x, y >= 0`` and
+    ``w, h > 0`` (``nan`` and ``inf`` parse as floats; a NaN box made every later crop and score NaN)."""
+    try:
+        x, y, w, h = (float(v) for v in values)
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or x < 0 or y < 0 or w <= 0 or h <= 0:
+        return None
+    return x, y, w, h

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ImageDataset, _display_name, _load_mat
+from .base import ImageDataset, _display_name, _load_mat, _mat_ints
 from .io import DatasetIntegrityError, DatasetLayoutError
 from .registry import register_dataset
 
@@ -72,7 +72,7 @@ class StanfordDogs(ImageDataset):
         if absent:
             raise DatasetIntegrityError(self.name, root, [f"{list_file}: no field(s) {absent} (has {sorted(mat)})"])
         files = [str(np.ravel(entry)[0]) for entry in np.ravel(mat["file_list"])]
-        labels = [int(v) for v in np.ravel(mat["labels"])]
+        labels = _mat_ints(mat["labels"], f"{list_file.name}: labels", self.name, root)
         problems = []
         if len(files) != len(labels):
             problems.append(f"{list_file.name}: {len(files)} files but {len(labels)} labels")

@@ -13,10 +13,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torchvision.datasets as tvd
 
-from .base import ImageDataset, _load_mat, _require, _resolve_parent
+from .base import ImageDataset, _load_mat, _mat_ints, _require, _resolve_parent
 from .io import DatasetIntegrityError
 from .registry import register_dataset
 
@@ -79,10 +78,10 @@ class Flowers102(ImageDataset):
         absent += [] if "labels" in labels_mat else ["imagelabels.mat: labels"]
         if absent:
             raise DatasetIntegrityError(self.name, root, [f"missing field {a}" for a in absent])
-        labels = [int(v) for v in np.ravel(labels_mat["labels"])]
+        labels = _mat_ints(labels_mat["labels"], "imagelabels.mat: labels", self.name, root)
         classes = list(tvd.Flowers102.classes)
         problems, samples = [], []
-        for image_id in (int(i) for k in keys for i in np.ravel(set_ids[k])):
+        for image_id in (i for k in keys for i in _mat_ints(set_ids[k], f"setid.mat: {k}", self.name, root)):
             if not 1 <= image_id <= len(labels):
                 problems.append(f"setid.mat: image id {image_id} has no label (imagelabels.mat has {len(labels)})")
             elif not 1 <= labels[image_id - 1] <= len(classes):

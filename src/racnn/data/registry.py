@@ -12,7 +12,10 @@ anything outside :mod:`racnn.data`.
 from __future__ import annotations
 
 import inspect
+import math
 import os
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -79,7 +82,45 @@ def build_dataset(
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for data set {name!r}; valid options: {', '.join(valid)}")
+    for key, value in options.items():
+        _check_option(name, builder, key, value)
     return builder(root=root, split=split, transform=transform, **options)
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+
+def _accepts(tp: Any, value: Any) -> bool | None:
+    """Whether ``value`` fits the annotation ``tp`` (None: a type this check does not judge)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        verdicts = [_accepts(arg, value) for arg in typing.get_args(tp)]
+        return None if None in verdicts else any(verdicts)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    return None
+
+
+def _check_option(name: str, builder: Callable[..., Dataset], key: str, value: Any) -> None:
+    """A ValueError naming the option when its value is not of the builder's annotated type (``image_size=[32]``
+    used to fail as a TypeError deep inside the builder)."""
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        tp = typing.get_type_hints(target).get(key)
+    except (NameError, TypeError):  # an annotation this Python cannot resolve: the builder checks it itself
+        return
+    if tp is None or _accepts(tp, value) is not False:
+        return
+    kinds = [_KINDS.get(arg, "none" if arg is type(None) else getattr(arg, "__name__", str(arg))) for arg in
+             (typing.get_args(tp) or (tp,))]  # fmt: skip
+    raise ValueError(f"option {key!r} of data set {name!r} must be {' or '.join(kinds)}, got {value!r:.80}")
 
 
 @register_dataset("synthetic")

@@ -202,8 +202,10 @@ class SyntheticFineGrained(Dataset):
             raise ValueError(f"detail_period must be 0 or 2 to image_size ({image_size}) pixels, got {detail_period}")
         if two_details and detail_period:
             raise ValueError("two_details and detail_period are separate modes; set one of them")
-        if not 0 <= num_samples <= 10_000_000:  # its targets list is made up front
-            raise ValueError(f"num_samples must be between 0 and 10,000,000, got {num_samples}")
+        if not 1 <= num_samples <= 10_000_000:  # its targets list is made up front; an empty split evaluates nothing
+            raise ValueError(f"num_samples must be between 1 and 10,000,000, got {num_samples}")
+        if not 0 <= seed < 2**32:  # numpy's seeds; a negative one failed deep inside as "expected non-negative integer"
+            raise ValueError(f"seed must be between 0 and 2**32 - 1, got {seed}")
         self.root = root
         self.split = split
         self.num_samples = int(num_samples)

@@ -1,9 +1,14 @@
 """Check a data set's layout, annotations and every image (:func:`verify_dataset`), and lay the findings out as a
 table (:meth:`VerifyReport.format`). The command ``racnn data verify`` is :mod:`racnn.cli.verify`.
+
+Beyond what building each split checks, the splits are compared: one file (by identity, or by content when two
+files are byte for byte the same) in two splits is an error, since the test score would count a training image;
+twice in one split it is counted twice. Object boxes are counted and checked against each image's size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections import Counter
@@ -54,6 +59,8 @@ class VerifyReport:
         splits: per-split counts.
         problems: layout and annotation problems, one line each.
         bad_files: ``{path: reason}`` of images that failed to open or decode.
+        boxes: ``(images with an object box, images)`` over the splits checked; ``None`` for a layout without
+            object boxes.
     """
 
     name: str
@@ -62,6 +69,7 @@ class VerifyReport:
     splits: dict[str, SplitStats] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     bad_files: dict[str, str] = field(default_factory=dict)
+    boxes: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -96,6 +104,8 @@ class VerifyReport:
                 lines.append(f"  ... and {len(self.bad_files) - max_bad_files} more")
         else:
             lines.append("Bad files: none")
+        found = f"found for {self.boxes[0]} of {self.boxes[1]} images" if self.boxes and self.boxes[0] else "none"
+        lines.append(f"Object boxes: {found}")
         if self.problems:
             lines.append(f"Problems ({len(self.problems)}):")
             lines += [f"  - {printable(p, keep_newlines=True)}" for p in self.problems]
@@ -153,6 +163,7 @@ def verify_dataset(
     options = dict(options)
     if name != "synthetic":
         options.update(strict=False, skip_bad_files=False)
+    paths_by_split: dict[str, list[str]] = {}
     for split in splits or _default_splits(name, root, options):
         try:
             with warnings.catch_warnings():  # the problems are the report's, not a warning's
@@ -179,4 +190,90 @@ def verify_dataset(
                     report.bad_files[path] = reason
                     num_bad += 1
         report.splits[split] = _split_stats(split, list(dataset.targets), list(dataset.classes), num_bad)
+        _count_boxes(report, dataset, workers)
+        paths_by_split[split] = paths
+    report.problems += _same_files(paths_by_split, workers)
     return report
+
+
+def _count_boxes(report: VerifyReport, dataset: Any, workers: int) -> None:
+    """Adds the split's object boxes to ``report.boxes`` and a problem for each box that leaves its image."""
+    boxes = getattr(dataset, "boxes", None)
+    if boxes is None:
+        return
+    found, total = report.boxes or (0, 0)
+    report.boxes = (found + sum(box is not None for box in boxes), total + len(boxes))
+    sizes = dataset.image_sizes().tolist()  # (height, width) from the headers; NaN for an unreadable file
+    lines = getattr(dataset, "box_lines", None) or [0] * len(boxes)
+    for path, box, (height, width), line in zip(dataset.paths, boxes, sizes, lines, strict=True):
+        if box is None or height != height:  # no box, or an unreadable image (a bad file of its own)
+            continue
+        x, y, w, h = box
+        if x + w > width + 2 or y + h > height + 2:  # slack for boxes rounded outward (CUB has 2 px overruns)
+            where = f"bounding_boxes.txt line {line}" if line else "object box"
+            report.problems.append(
+                f"{where}: {path}: box x={x:g} y={y:g} w={w:g} h={h:g} reaches past the image ({width:g} x {height:g})"
+            )
+
+
+def _identity(path: str) -> tuple[int, int, int] | None:
+    """``(device, inode, size)`` of the file a path leads to (through links), None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size
+
+
+def _digest(path: str) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(2**20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _named(entries: list[tuple[str, str]], members: list[int]) -> str:
+    more = f" and {len(members) - 4} more" if len(members) > 4 else ""
+    return ", ".join(f"{entries[i][1]} ({entries[i][0]})" for i in members[:4]) + more
+
+
+def _same_files(paths_by_split: dict[str, list[str]], workers: int) -> list[str]:
+    """The images a data set lists twice under other names.
+
+    Across splits an ERROR: one file (a link) or two byte-identical files (a copy) in train and test make the test
+    score count a training image. Within a split, one file under two names (a link) is counted twice; copies within
+    a split are left alone (a photo may be in a data set twice). Only files whose size one in another split shares
+    are read.
+    """
+    entries = [(split, path) for split, paths in paths_by_split.items() for path in paths]
+    with ThreadPoolExecutor(max_workers=min(max(1, workers), 64)) as pool:
+        identities = list(pool.map(_identity, [path for _, path in entries]))
+        by_file: dict[tuple[int, int], list[int]] = {}
+        by_size: dict[int, list[int]] = {}
+        for i, identity in enumerate(identities):
+            if identity is not None:
+                by_file.setdefault(identity[:2], []).append(i)
+                by_size.setdefault(identity[2], []).append(i)
+        candidates = [i for group in by_size.values() if len({entries[j][0] for j in group}) > 1 for i in group]
+        digests = dict(zip(candidates, pool.map(_digest, [entries[i][1] for i in candidates]), strict=True))
+    problems = []
+    by_content: dict[str, list[int]] = {}
+    for i in candidates:
+        if digests[i] is not None:
+            by_content.setdefault(digests[i], []).append(i)
+    for members in by_content.values():
+        splits = list(dict.fromkeys(entries[i][0] for i in members))
+        if len(splits) > 1:
+            problems.append(
+                f"ERROR: one image in {' and '.join(splits)}: {_named(entries, members)}; the test score would count "
+                "a training image"
+            )
+    for members in by_file.values():
+        splits = list(dict.fromkeys(entries[i][0] for i in members))
+        if len(members) > 1 and len(splits) == 1:
+            problems.append(f"one file under {len(members)} names in {splits[0]}: {_named(entries, members)}")
+    return problems
