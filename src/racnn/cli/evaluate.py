@@ -118,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, find_model_file, load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
+    from racnn.inference.hub import hub_folder, is_hub_name
     from racnn.inference.preprocessing import describe_preprocessing, preprocessing_spec
     from racnn.modeling.heads import answer_head
     from racnn.precision import choose_precision, warn_slow_bf16
@@ -126,7 +127,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         refuse_model_overrides(args.overrides, "the model is the one stored in the checkpoint")
-        source = find_model_file(args.checkpoint)
+        source = find_model_file(hub_folder(args.checkpoint) if is_hub_name(args.checkpoint) else args.checkpoint)
         out = Path(args.out) if args.out else source.parent / "eval"
         out = fresh_folder(out, EVAL_FILES, explicit=args.out is not None, what="--out")
         model, stored_cfg, class_names = load_model(source)

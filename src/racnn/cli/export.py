@@ -168,12 +168,14 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, load_model
     from racnn.inference.api import model_normalization
     from racnn.inference.export import precision_drift
+    from racnn.inference.hub import hub_folder, is_hub_name
     from racnn.precision import choose_precision
 
     try:
         check_arguments(args)
         precision = choose_precision(args.amp, torch.device("cpu"))  # the check runs on the CPU
-        model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
+        checkpoint = hub_folder(args.checkpoint) if is_hub_name(args.checkpoint) else args.checkpoint
+        model, cfg, class_names = load_model(checkpoint, map_location="cpu")  # exports are device-neutral
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
     try:
