@@ -35,8 +35,8 @@ from racnn.safety import printable
 log = logging.getLogger(__name__)
 
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
-FORMAT_NAMES = ("text", "markdown", "csv", "latex", "json")  # racnn.training.results_table.FORMATS, written out so that
-# --help needs no torch (a test keeps them equal)
+# racnn.training.results_table.FORMATS, written out so that --help needs no torch (a test keeps them equal)
+FORMAT_NAMES = ("text", "markdown", "csv", "latex", "json")
 # Data settings that change what the model is fed (the model's own input size cannot be overridden).
 PREPROCESSING_KEYS = ("data.resize_ratio", "data.source_size")
 

@@ -33,11 +33,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from racnn.cli.errors import OutputError, fail, writable_folder
 from racnn.cli.flags import CHECKPOINT_HELP, add_amp, add_batch_size
 from racnn.config import ConfigError
 from racnn.safety import describe_os_error, printable, same_file, share_like_open
+
+if TYPE_CHECKING:  # torch-side types, not imported at run time (racnn export --help stays instant)
+    from racnn.inference.parity import Parity
+    from racnn.precision import Precision
 
 # racnn.inference.export.DEFAULT_OPSET, written out so that --help needs no torch (a test keeps them equal)
 OPSET_HELP = 20
@@ -191,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
     return code
 
 
-def drift_line(precision, drift) -> str:
+def drift_line(precision: Precision, drift: Parity) -> str:
     """What ``racnn predict`` in ``precision`` changes against the float32 export, in words: the output that moves
     most (its largest absolute difference, and how large its values are) and the probabilities."""
     worst = max((o for o in drift.outputs if o.name != "probs"), key=lambda o: o.max_abs)

@@ -87,14 +87,19 @@ def hub_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-def model_card(config: Config, class_names: list[str], trained_heads: list[str] | None = None,
-               metrics: dict[str, Any] | None = None) -> str:  # fmt: skip
+def model_card(
+    config: Config,
+    class_names: list[str],
+    trained_heads: list[str] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> str:
     """A minimal ``README.md`` for a shared model, from what its folder knows: the model, the data's classes, the
     input it expects, the test top-1 per head when ``metrics`` (an evaluation's) are given, and how to load it.
 
     A front matter block (``library_name``, ``pipeline_tag``, ``tags``) lets the Hugging Face Hub list it.
     """
     m, d = config.model, config.data
+    side = d.source_size or m.input_size  # the side the crop is taken at
     names = ", ".join(class_names[:10]) + (f", ... ({len(class_names)} in all)" if len(class_names) > 10 else "")
     lines = [
         "---",
@@ -109,11 +114,11 @@ def model_card(config: Config, class_names: list[str], trained_heads: list[str] 
         "an attention network picks the region the next scale zooms into, and a fusion head reads all scales.",
         "",
         f"- backbone `{m.backbone}`, {m.num_scales} scales, {m.regions} region(s) per zoomed scale",
-        f"- input {m.input_size} px (zooms {m.zoom_size} px"
-        + (f", sampled from a {d.source_size} px source)" if d.source_size else ")"),
+        f"- input {m.input_size} px, zooms {m.zoom_size} px"
+        + (f" sampled from a {side} px view of the image" if d.source_size else ""),
         f"- {len(class_names)} classes: {names}",
-        f"- preprocessing: shorter side to round({m.input_size if not d.source_size else d.source_size} x "
-        f"{d.resize_ratio:g}) (bilinear, antialiased), centre crop, ImageNet-style mean/std of the backbone",
+        f"- preprocessing: shorter side to {round(side * d.resize_ratio)} px (bilinear, antialiased), centre crop "
+        f"{side} px, RGB, the backbone's mean/std (an export's sidecar states every step: docs/INFERENCE.md)",
         f"- answer: the `{fusion_name(m.num_scales)}` fusion head"
         + ("" if is_trained("fused", trained_heads) else " (not trained: the mean of the scales answers)"),
     ]
