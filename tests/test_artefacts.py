@@ -130,17 +130,18 @@ def _eval(run, tmp_path: Path, name: str, *extra: str) -> dict:
 
 def test_eval_auto_equals_fp32_without_bf16_kernels_and_runs_bf16_with_them(run, tmp_path, capsys, monkeypatch):
     auto = _eval(run, tmp_path, "auto")
-    assert capsys.readouterr().err.count("precision: fp32 (auto: this CPU has no oneDNN bf16 kernels)") == 1
+    assert capsys.readouterr().out.count("precision: fp32 (auto: this CPU has no oneDNN bf16 kernels)") == 1
     assert _eval(run, tmp_path, "fp32", "--amp", "none") == auto
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     bf16 = _eval(run, tmp_path, "bf16")
-    assert "precision: bf16 (auto: this CPU has oneDNN bf16 kernels)" in capsys.readouterr().err
+    assert "precision: bf16 (auto: this CPU has oneDNN bf16 kernels)" in capsys.readouterr().out
     assert bf16["n_images"] == auto["n_images"] == 8
     assert abs(bf16["rank_loss"] - auto["rank_loss"]) < 0.05 and abs(bf16["box_side_s2"] - auto["box_side_s2"]) < 0.03
     export = ["export", "--checkpoint", str(run["dir"]), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]
     assert main(export) == 0  # the export and its check stay float32; bf16's distance is reported beside
     out = capsys.readouterr().out
     assert "(ok, tolerance" in out and "precision: bf16 (auto" in out and "differs from the export by up to" in out
+    assert "(weights cast to bf16, 8 significant bits)" in out and " in probs, on a random batch" in out
 
 
 def test_training_says_its_precision_once_and_stores_auto(tmp_path, capsys, monkeypatch):

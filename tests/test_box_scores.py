@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from racnn.cli.evaluate import attention_rows
 from racnn.training.box_scores import box_scores, box_sums, object_scores, object_sums
+from racnn.training.results_table import render, results_table
 
 NAN = float("nan")
 
@@ -84,10 +84,17 @@ def test_without_object_boxes_only_the_spread_is_reported():
 
 def test_the_eval_table_shows_every_score_and_the_objects_spread():
     m = _scores([[0.5, 0.5, 0.25], [0.3, 0.3, 0.2]], [[0.25, 0.25, 0.75, 0.75], [0.1, 0.1, 0.5, 0.5]])
-    rows = attention_rows(m)
-    assert rows[0].split()[:3] == ["attention", "side", "%"]
-    assert rows[1].startswith("box s2") and f"{m['box_iou_s2']:.3f}" in rows[1]
-    assert f"{100 * m['box_covers_object_s2']:.1f}" in rows[1]
-    assert rows[-1].startswith("object boxes (2 images)")
-    bare = attention_rows(box_scores(box_sums(torch.tensor([[0.5, 0.5, 0.25]]), None), "s2"))
-    assert " - " in bare[1] and bare[-1].startswith("no object boxes")
+    heads = {f"top{k}_{h}": 0.5 for k in (1, 5) for h in ("s1", "s2", "1+2", "fused", "avg")}
+    base = {**heads, "n_images": 2, "rank_loss": 0.0}
+    lines = render(results_table({**base, **m}, 2)).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("attention"))
+    assert lines[header].split()[1:4] == ["side", "%", "centre"]
+    box = lines[header + 1]
+    assert box.startswith("box s2") and f"{m['box_iou_s2']:.3f}" in box
+    assert f"{100 * m['box_covers_object_s2']:.1f}" in box and f"{m['box_side_corr_s2']:.2f}" in box
+    assert len(lines) == header + 3 and lines[-1].startswith("object boxes (2 images)")  # one row per box only
+    bare = box_scores(box_sums(torch.tensor([[0.5, 0.5, 0.25]]), None), "s2")
+    lines = render(results_table({**base, **bare}, 2)).splitlines()
+    assert " - " in lines[-2] and lines[-1].startswith("no object boxes")
+    markdown = render(results_table({**base, **m}, 2), "markdown")
+    assert "| attention | side % | centre in % | covers % | on obj. % | IoU |" in markdown

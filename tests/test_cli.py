@@ -153,10 +153,10 @@ def test_cli_logging_levels(capsys):
 def test_help_texts_that_name_torch_side_values_stay_true():
     from racnn.data import dataset_names
     from racnn.inference.export import DEFAULT_OPSET
-    from racnn.inference.parity import ATOL, RTOL
+    from racnn.inference.parity import ATOL, NOISE_FACTOR, RTOL
 
     assert export_cli.OPSET_HELP == DEFAULT_OPSET
-    assert (export_cli.RTOL, export_cli.ATOL) == (RTOL, ATOL)
+    assert (export_cli.RTOL, export_cli.ATOL, export_cli.NOISE_FACTOR) == (RTOL, ATOL, NOISE_FACTOR)
     assert cli_flags.AMP_CHOICES == precision.AMP_CHOICES
     assert list(verify_cli.BUILT_IN) == dataset_names()
 

@@ -163,7 +163,14 @@ def test_export_takes_the_source_as_a_second_input_with_parity(tmp_path, capsys,
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["source_size"] == 100 and meta["input_names"] == ["images", "source"]
     assert meta["input_shapes"] == {"images": ["batch", 3, 32, 32], "source": ["batch", 3, 100, 100]}
-    assert "round(source_size * resize_ratio)" in meta["preprocessing"]
+    preprocessing = meta["preprocessing"]  # the geometry runs at the source's side; images are that crop resized
+    assert preprocessing["crop"]["size"] == 100 and preprocessing["resize"]["shorter_side"] == round(
+        100 * cfg.data.resize_ratio
+    )
+    assert (
+        set(preprocessing["inputs"]) == {"images", "source"}
+        and "resized to 32 x 32" in preprocessing["inputs"]["images"]
+    )
     if fmt == "onnx":
         import onnxruntime as ort
 

@@ -22,6 +22,7 @@ _EXPORTS = {
     "Prediction": "racnn.inference.api",
     "Predictor": "racnn.inference.api",
     "load": "racnn.inference.api",
+    "save_pretrained": "racnn.inference.hub",
     "build_backbone": "racnn.modeling.backbones",
     "list_backbones": "racnn.modeling.backbones",
     "Config": "racnn.config",
@@ -57,12 +58,14 @@ __all__ = [
     "load",
     "load_config",
     "ranking_losses",
+    "save_pretrained",
     "xyxy_to_boxes",
 ]  # the keys of _EXPORTS
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from racnn.config import Config, load_config
     from racnn.inference.api import Prediction, Predictor, load
+    from racnn.inference.hub import save_pretrained
     from racnn.modeling.backbones import build_backbone, list_backbones
     from racnn.modeling.crop import AttentionCrop, attention_crop, boxes_to_xyxy, compose_boxes, xyxy_to_boxes
     from racnn.modeling.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses

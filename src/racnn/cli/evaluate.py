@@ -5,9 +5,16 @@ probabilities) with top-1 / top-5, then the attention-box statistics (side as a 
 object boxes, how often the box centre lies on the object and the mean IoU). Writes metrics.json,
 confusion.csv, confusion.png and per_class.csv to --out. Every image of the split is counted exactly once.
 
+By default it reproduces the run's own test table to the digit: the precision is the run's train.amp (as stored
+with the model; auto is decided again on this machine), run as training ran it (float32 weights under autocast),
+with the run's channels-last, batch size and preprocessing. It prints which it used. --amp (or --set train.amp)
+chooses another precision; --format markdown | csv | latex | json prints the table to paste (stdout holds only
+the table then; what was used goes to stderr, and into the JSON).
+
 examples:
   racnn eval --checkpoint runs/racnn/best.pt
   racnn eval --checkpoint runs/racnn                 the run folder: its best.pt (else model.safetensors, last.pt)
+  racnn eval --checkpoint runs/racnn --format markdown > results.md
   racnn eval --checkpoint best.pt --set data.root=/data/CUB_200_2011 --device cpu -b 32 -j 4 --out eval_cub
 
 exit codes: 0 done, 2 bad input (checkpoint, data path, config key).
@@ -17,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from racnn.cli.errors import check_classes, fail, fail_os, fresh_folder, refuse_model_overrides
 from racnn.cli.flags import AMP_HELP, CHECKPOINT_HELP, DEVICES, add_amp, add_batch_size, add_device, add_workers
@@ -30,6 +35,10 @@ from racnn.safety import printable
 log = logging.getLogger(__name__)
 
 EVAL_FILES = ("metrics.json", "confusion.csv", "confusion.png", "per_class.csv")
+# racnn.training.results_table.FORMATS, written out so that --help needs no torch (a test keeps them equal)
+FORMAT_NAMES = ("text", "markdown", "csv", "latex", "json")
+# Data settings that change what the model is fed (the model's own input size cannot be overridden).
+PREPROCESSING_KEYS = ("data.resize_ratio", "data.source_size")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_amp(
         parser, None,
-        f"{AMP_HELP} (default auto, or --set train.amp=... when given; the train.amp stored with the model is not "
-        "used)",
+        f"{AMP_HELP} (default: the run's train.amp, stored with the model, as training tested it; --set train.amp "
+        "also sets it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", default="text", choices=FORMAT_NAMES,
+        help="how the table is printed: text (default), or a table to paste: markdown, csv, latex, json (then "
+        "stdout holds only the table)",
     )  # fmt: skip
     parser.add_argument(
         "--split", default="test", choices=("test", "val", "train"),
@@ -77,55 +91,20 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def format_table(metrics: dict[str, Any], num_scales: int, trained: list[str] | None = None) -> str:
-    """The per-scale table ``racnn eval`` prints (percentages); heads not in ``trained`` (None: all) are marked."""
-    from racnn.modeling.heads import is_trained
-    from racnn.modeling.model import RACNN
-
-    heads = [(f"scale {s}", f"s{s}") for s in range(1, num_scales + 1)]
-    heads += [(key, key) for key in (RACNN.fusion_name(n) for n in range(2, num_scales + 1))]
-    heads.append(("mean prob.", "avg"))
-    lines = [f"{'head':<12} {'top-1 %':>8} {'top-5 %':>8}"]
-    lines += [
-        f"{name:<12} {100 * metrics[f'top1_{k}']:>8.2f} {100 * metrics[f'top5_{k}']:>8.2f}"
-        + ("" if is_trained(k, trained) else "  (never trained: not an answer)")
-        for name, k in heads
-    ]
-    lines.append(f"{metrics['n_images']} images; ranking loss {metrics['rank_loss']:.4f}")
-    lines += attention_rows(metrics)
-    overlaps = [key.removeprefix("region_iou_") for key in metrics if key.startswith("region_iou_s")]
-    if overlaps:  # model.regions > 1: how far apart the regions stay (0: disjoint, 1: one box)
-        lines.append("regions' mutual IoU: " + ", ".join(f"{k} {metrics[f'region_iou_{k}']:.3f}" for k in overlaps))
-    return "\n".join(lines)
+def _amp_source(args: argparse.Namespace) -> tuple[str, str]:
+    """The precision asked for, and where it came from: ``--amp``, ``--set train.amp``, else the run's."""
+    if args.amp is not None:
+        return args.amp, "--amp"
+    for item in reversed(args.overrides):
+        key, _, value = item.partition("=")
+        if key.strip() == "train.amp":
+            return value.strip(), "--set train.amp"
+    return "", "the run's train.amp"
 
 
-def attention_rows(metrics: dict[str, Any]) -> list[str]:
-    """The attention boxes against the object boxes (:mod:`racnn.training.box_scores`): one row per zoomed scale (per
-    scale and region with ``model.regions > 1``), then the objects' own spread to read the boxes' against."""
-    lines = [
-        f"{'attention':<12} {'side %':>7} {'centre in %':>11} {'covers %':>8} {'on obj. %':>9} {'IoU':>6} "
-        f"{'std x':>6} {'std y':>6} {'std side':>8} {'corr size':>9}"
-    ]
-    for key in [key.removeprefix("box_side_") for key in metrics if re.fullmatch(r"box_side_s\d+(_r\d+)?", key)]:
-        name = "box " + key.replace("_r", " r")
-        cells = [f"{100 * metrics[f'box_side_{key}']:>7.1f}"]
-        known = f"box_iou_{key}" in metrics
-        for field, width, scale, digits in (("in_object", 11, 100, 1), ("covers_object", 8, 100, 1),
-                                            ("on_object", 9, 100, 1), ("iou", 6, 1, 3)):  # fmt: skip
-            cells.append(f"{scale * metrics[f'box_{field}_{key}']:>{width}.{digits}f}" if known else f"{'-':>{width}}")
-        cells += [f"{metrics[f'box_centre_std_x_{key}']:>6.3f}", f"{metrics[f'box_centre_std_y_{key}']:>6.3f}"]
-        cells.append(f"{metrics[f'box_side_std_{key}']:>8.3f}")
-        cells.append(f"{metrics[f'box_side_corr_{key}']:>9.2f}" if known else f"{'-':>9}")
-        lines.append(f"{name:<12} " + " ".join(cells))
-    if "object_centre_std_x" in metrics:
-        lines.append(
-            f"object boxes ({metrics['n_object_boxes']} images): size {metrics['object_size_mean']:.3f} "
-            f"(std {metrics['object_size_std']:.3f}), centre std x {metrics['object_centre_std_x']:.3f} "
-            f"y {metrics['object_centre_std_y']:.3f}; size = sqrt(area), sides and sizes in units of scale 1's input"
-        )
-    else:
-        lines.append("no object boxes in this data set: the boxes' spread only")
-    return lines
+def _preprocessing_source(args: argparse.Namespace) -> str:
+    changed = [key for key in (i.split("=", 1)[0].strip() for i in args.overrides) if key in PREPROCESSING_KEYS]
+    return f"{', '.join(f'--set {k}' for k in dict.fromkeys(changed))}: not the run's" if changed else "the run's"
 
 
 def show_progress(wanted: bool, args: argparse.Namespace) -> bool:
@@ -134,35 +113,55 @@ def show_progress(wanted: bool, args: argparse.Namespace) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
     from racnn.checkpoint import CheckpointError, find_model_file, load_model
     from racnn.config import apply_overrides, resolve_device
     from racnn.data import DatasetError
+    from racnn.inference.hub import hub_folder, is_hub_name
+    from racnn.inference.preprocessing import describe_preprocessing, preprocessing_spec
     from racnn.modeling.heads import answer_head
-    from racnn.precision import choose_precision, prepare_for_inference
+    from racnn.precision import choose_precision, warn_slow_bf16
     from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input
+    from racnn.training.results_table import render, results_table
 
     try:
         refuse_model_overrides(args.overrides, "the model is the one stored in the checkpoint")
-        source = find_model_file(args.checkpoint)
+        source = find_model_file(hub_folder(args.checkpoint) if is_hub_name(args.checkpoint) else args.checkpoint)
         out = Path(args.out) if args.out else source.parent / "eval"
         out = fresh_folder(out, EVAL_FILES, explicit=args.out is not None, what="--out")
-        cpu_model, stored_cfg, class_names = load_model(source)
+        model, stored_cfg, class_names = load_model(source)
         cfg = apply_overrides(stored_cfg, flag_overrides(args) + args.overrides)
         device = resolve_device(cfg.train.device)
-        amp_set = any(item.split("=", 1)[0].strip() == "train.amp" for item in args.overrides)
-        amp = args.amp or (cfg.train.amp if amp_set else "auto")  # not the stored one: how it was trained
+        amp, amp_from = _amp_source(args)
+        amp = amp or cfg.train.amp  # the run's, as stored: how it was trained and tested
         precision = choose_precision(amp, device, cfg.train.channels_last)
-        model = prepare_for_inference(cpu_model, device, precision)  # weights cast once, not autocast per batch
+        warn_slow_bf16(device, precision.amp)
+        # As training tested it: float32 weights under autocast (racnn.training.run), not weights cast once as
+        # predict does, which gives other bf16 numbers.
+        model.to(device).eval()
+        if precision.channels_last:
+            model.to(memory_format=torch.channels_last)
         dataset = build_split(cfg, args.split, list(model.mean), list(model.std))
         check_classes(args.checkpoint, class_names, dataset, cfg.data)
-        log.info(printable(f"{source}: {precision.describe()}"))  # once the input is accepted
         loader = make_eval_loader(dataset, cfg.data.eval_batch_size, num_workers=cfg.data.num_workers)
         side = cfg.data.source_size or cfg.model.input_size  # the side the test geometry ran at
         object_boxes = object_boxes_in_input(dataset, side, cfg.data.resize_ratio)
         trained = getattr(model, "trained_heads", None)
         head = args.head or answer_head(cfg.train.best_metric.split("_", 1)[-1], trained, cfg.model.num_scales)
+        spec = preprocessing_spec(
+            cfg.model.input_size, cfg.data.resize_ratio, model.mean, model.std, cfg.data.source_size
+        )
+        header = {
+            "checkpoint": printable(str(source)),
+            "data": printable(f"{cfg.data.dataset} {args.split}"),
+            "precision": f"{precision.describe().removeprefix('precision: ')}; from {amp_from} {amp}",
+            "preprocessing": f"{describe_preprocessing(spec)} ({_preprocessing_source(args)})",
+        }
+        if args.format != "text":  # stdout holds the table alone; the text format shows these above it
+            log.info(f"precision: {header['precision']}\npreprocessing: {header['preprocessing']}")
         metrics = evaluate(
-            model, loader, device=device, margin=cfg.train.margin, amp="none",
+            model, loader, device=device, margin=cfg.train.margin, amp=precision.amp,
             channels_last=precision.channels_last, object_boxes=object_boxes, class_names=class_names,
             confusion_head=head, out_dir=out, progress=show_progress(cfg.train.progress, args),
         )  # fmt: skip
@@ -170,7 +169,11 @@ def main(args: argparse.Namespace) -> int:
         return fail("racnn eval: ", e)
     except OSError as e:  # the output folder could not be written (no permission, disk full)
         return fail_os("racnn eval: ", e)
-    print(printable(f"{source}: {cfg.data.dataset} {args.split}"))
-    print(format_table(metrics, cfg.model.num_scales, trained))
-    print(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
+    table = results_table(metrics, cfg.model.num_scales, trained, header)
+    if args.format == "text":
+        print(render(table, "text"))
+        print(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
+    else:
+        print(render(table, args.format))
+        log.info(printable(f"wrote {out}/: metrics.json, confusion.csv, confusion.png, per_class.csv"))
     return 0

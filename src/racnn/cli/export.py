@@ -8,12 +8,15 @@ The exported graph takes one input and gives three outputs (B is dynamic, S scal
   boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates;
                         (S-1, B, R, 3) for a model with R > 1 regions per scale (model.regions)
 
-A JSON sidecar <out>.json holds the class names, input size, mean/std and the output names. After writing,
+A JSON sidecar <out>.json holds the class names, the preprocessing stated exactly (resize filter and
+antialiasing, rounding, crop, mean/std, channel order) and the output names. After writing,
 the export runs on a random batch of a different size than the one traced and is compared with the PyTorch
 model, output by output (probs, each scale's logits, each zoomed scale's box): an output passes when every
-element has |export - torch| <= atol + rtol * |torch| (torch.allclose's rule); the command fails (exit 1) naming
-each output that does not. --no-check skips the comparison; an ONNX export without onnxruntime installed is
-written unchecked, with a note (--check makes that an error).
+element has |export - torch| <= atol + rtol * |torch| + 4 * noise, where noise is how far PyTorch's own float32
+output lies from the same model in float64 (the zoomed scales amplify float32 rounding of the crops' sample
+positions: docs/INFERENCE.md); the command fails (exit 1) naming each output that does not. --no-check skips
+the comparison; an ONNX export without onnxruntime installed is written unchecked, with a note (--check makes
+that an error).
 
 Example:
   racnn export --checkpoint runs/cub/best.pt --format onnx --out racnn.onnx
@@ -30,16 +33,22 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from racnn.cli.errors import OutputError, fail, writable_folder
 from racnn.cli.flags import CHECKPOINT_HELP, add_amp, add_batch_size
 from racnn.config import ConfigError
 from racnn.safety import describe_os_error, printable, same_file, share_like_open
 
+if TYPE_CHECKING:  # torch-side types, not imported at run time (racnn export --help stays instant)
+    from racnn.inference.parity import Parity
+    from racnn.precision import Precision
+
 # racnn.inference.export.DEFAULT_OPSET, written out so that --help needs no torch (a test keeps them equal)
 OPSET_HELP = 20
 MIN_OPSET = 16  # the attention crop's GridSample
-RTOL, ATOL = 1e-3, 1e-4  # racnn.inference.parity.RTOL / ATOL, written out for the same reason (the same test)
+# racnn.inference.parity.RTOL / ATOL / NOISE_FACTOR, written out for the same reason (the same test)
+RTOL, ATOL, NOISE_FACTOR = 1e-3, 1e-4, 4.0
 ONNXRUNTIME_HINT = "pip install onnxruntime, or pip install 'racnn[export]'"
 MAX_BATCH = 1024
 
@@ -58,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tolerance",
         type=float,
         default=ATOL,
-        help=f"parity check's absolute tolerance: |export - torch| <= atol + rtol * |torch| (default {ATOL:g})",
+        help=f"parity check's absolute tolerance: |export - torch| <= atol + rtol * |torch| + {NOISE_FACTOR:g} * "
+        f"noise, noise being how far PyTorch's own float32 output lies from float64 (default {ATOL:g})",
     )
     parser.add_argument(
         "--check",
@@ -163,12 +173,14 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, load_model
     from racnn.inference.api import model_normalization
     from racnn.inference.export import precision_drift
+    from racnn.inference.hub import hub_folder, is_hub_name
     from racnn.precision import choose_precision
 
     try:
         check_arguments(args)
         precision = choose_precision(args.amp, torch.device("cpu"))  # the check runs on the CPU
-        model, cfg, class_names = load_model(args.checkpoint, map_location="cpu")  # exports are device-neutral
+        checkpoint = hub_folder(args.checkpoint) if is_hub_name(args.checkpoint) else args.checkpoint
+        model, cfg, class_names = load_model(checkpoint, map_location="cpu")  # exports are device-neutral
     except (CheckpointError, ConfigError) as e:
         return fail("", e)
     try:
@@ -180,8 +192,21 @@ def main(args: argparse.Namespace) -> int:
     if precision.amp != "none" and code != 2:
         size, source = cfg.model.input_size, cfg.data.source_size
         drift = precision_drift(model, size, precision, batch_size=args.batch_size + 1, source_size=source)
-        print(f"{precision.describe()}: racnn predict here differs from the export by up to {drift:.3g} (information)")
+        print(drift_line(precision, drift))
     return code
+
+
+def drift_line(precision: Precision, drift: Parity) -> str:
+    """What ``racnn predict`` in ``precision`` changes against the float32 export, in words: the output that moves
+    most (its largest absolute difference, and how large its values are) and the probabilities."""
+    worst = max((o for o in drift.outputs if o.name != "probs"), key=lambda o: o.max_abs)
+    probs = next(o for o in drift.outputs if o.name == "probs")
+    bits = {"bf16": 8, "fp16": 11}.get(precision.amp, 24)
+    return (
+        f"{precision.describe()}: racnn predict here (weights cast to {precision.amp}, {bits} significant bits) "
+        f"differs from the export by up to {worst.max_abs:.3g} in {worst.name} (values up to {worst.scale:.3g}) "
+        f"and {probs.max_abs:.3g} in probs, on a random batch (information, not part of the check)"
+    )
 
 
 def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normalization) -> int:
@@ -215,7 +240,8 @@ def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normal
         num_scales=cfg.model.num_scales,
         regions=cfg.model.regions,
         source_size=cfg.data.source_size,
-        extra={**extra, "resize_ratio": cfg.data.resize_ratio, "backbone": cfg.model.backbone},
+        resize_ratio=cfg.data.resize_ratio,
+        extra={**extra, "backbone": cfg.model.backbone},
     )
     print(printable(f"wrote {out} and {sidecar}"))
     if parity is None:
@@ -224,9 +250,10 @@ def _export(args: argparse.Namespace, model, cfg, class_names: list[str], normal
         return 0
     print(
         f"parity with PyTorch (batch {batch}, traced with {args.batch_size}): max abs difference "
-        f"{parity.max_abs:.3g} ({'ok' if parity.ok else 'FAILED'}, tolerance |export - torch| <= {args.atol:g} + "
-        f"{args.rtol:g} * |torch|)"
+        f"{parity.max_abs:.3g} ({'ok' if parity.ok else 'FAILED'}, tolerance {parity.rule()}, noise: how far "
+        "PyTorch's own float32 output lies from float64)"
     )
+    print(f"  largest for its values: {parity.worst.describe()}")
     for line in parity.failures():
         print(f"  FAILED {line}")
     return 0 if parity.ok else 1

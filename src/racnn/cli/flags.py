@@ -32,7 +32,10 @@ AMP_HELP = (
     "precision: auto (bf16 where this device has fast bf16 kernels: a CUDA GPU with bf16, a CPU with oneDNN bf16; "
     "else fp32), none (fp32), bf16, fp16 (CUDA)"
 )
-CHECKPOINT_HELP = "a run's best.pt, last.pt or model.safetensors, or the run folder (its best.pt, else the others)"
+CHECKPOINT_HELP = (
+    "a run's best.pt, last.pt or model.safetensors, or the run folder (its best.pt, else the others), a folder "
+    "written by racnn.save_pretrained, or hf-hub:owner/name (the Hugging Face Hub or its cache)"
+)
 
 
 def positive_int(text: str) -> int:

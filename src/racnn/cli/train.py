@@ -49,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", metavar="DIR", help="parent folder of the run folder (overrides train.output_dir)"
     )
-    add_amp(parser, None, f"{AMP_HELP}: sets train.amp (left out: the config's, auto in every recipe)")
+    add_amp(
+        parser, None,
+        f"{AMP_HELP}: sets train.amp (left out: the config's; the recipes set auto, but cpu_lite0_cub50 none)",
+    )  # fmt: skip
     parser.add_argument(
         "--baseline", action="store_true",
         help="train and test the single-scale baseline of the config instead (same backbone, data, seed and "

@@ -30,6 +30,7 @@ from racnn.checkpoint import load_model
 from racnn.config import Config, resolve_device
 from racnn.data.io import check_image_size, load_image
 from racnn.data.transforms import SourceViews, build_transforms
+from racnn.inference.hub import hub_folder, is_hub_name
 from racnn.modeling.crop import boxes_to_xyxy
 from racnn.modeling.heads import head_logits, is_trained, model_answer
 from racnn.modeling.model import RACNN
@@ -214,6 +215,12 @@ class Predictor:
         )
         """Test-time preprocessing: PIL image, uint8 tensor or float tensor in [0, 1] -> ``(3, S, S)``, or the pair
         ``((3, S, S), (3, M, M))`` with a source."""
+
+    def save_pretrained(self, folder: str | os.PathLike, *, metrics: dict[str, Any] | None = None) -> Path:
+        """This predictor's model as a folder to share; see :func:`racnn.inference.hub.save_pretrained`."""
+        from racnn.inference.hub import save_pretrained
+
+        return save_pretrained(self, folder, metrics=metrics)
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -466,7 +473,9 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", amp
     Args:
         checkpoint: a run's ``best.pt`` or ``last.pt`` (loaded with ``weights_only=True``: no code in it runs), its
             ``model.safetensors``, or the run folder (its best.pt, else model.safetensors, else last.pt; the
-            predictor's ``source`` names the file read).
+            predictor's ``source`` names the file read); a folder written by :func:`racnn.save_pretrained`; or
+            ``"hf-hub:owner/name"`` (``@revision`` optional): that folder on the Hugging Face Hub, downloaded into
+            its cache or found there (``HF_HUB_OFFLINE=1`` reads the cache only).
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         amp: ``"auto"`` (bf16 where the device has fast bf16 kernels, else float32), ``"none"``, ``"bf16"``,
             ``"fp16"`` (CUDA); see :mod:`racnn.precision`.
@@ -479,5 +488,7 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", amp
             its config describes.
     """
     device = resolve_device(device) if isinstance(device, str) else device
+    if is_hub_name(checkpoint):
+        checkpoint = hub_folder(str(checkpoint))
     model, cfg, class_names = load_model(checkpoint, map_location=device)
     return Predictor(model, cfg, class_names, device=device, amp=amp)

@@ -12,9 +12,11 @@ S scales, K classes):
   boxes   (S-1, B, 3)   attention boxes (tx, ty, tl) of scales 2..S in the input's normalised coordinates;
                         (S-1, B, R, 3) for a model with R > 1 regions per scale (model.regions)
 
-A JSON sidecar <out>.json (:func:`write_sidecar`) holds the class names, input size, mean/std and the output
-names. :func:`verify_onnx` / :func:`verify_torchscript` run the export on a random batch and compare it with the
-PyTorch model output by output (:func:`racnn.inference.parity.compare_outputs`).
+A JSON sidecar <out>.json (:func:`write_sidecar`) holds the class names, the preprocessing stated exactly
+(:func:`racnn.inference.preprocessing.preprocessing_spec`), mean/std and the output names. :func:`verify_onnx` /
+:func:`verify_torchscript` run the export on a random batch and compare it with the PyTorch model output by output
+(:func:`racnn.inference.parity.compare_outputs`), with the model's own float32 error (against the same model in
+float64) as part of the tolerance.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from racnn.inference.parity import ATOL, RTOL, OutputParity, Parity, compare_outputs
+from racnn.inference.preprocessing import preprocessing_spec
 from racnn.modeling.crop import adaptive_avg_pool_matmul
 from racnn.modeling.model import RACNN
 from racnn.precision import Precision, inference_input, prepare_for_inference
@@ -115,6 +118,13 @@ def _example(model: nn.Module, input_size: int, batch_size: int, seed: int = 0, 
 def _input_sides(input_size: int, source_size: int) -> dict[str, int]:
     """The graph's inputs, name -> side: ``images``, and ``source`` for a model with a source view."""
     return {INPUT_NAME: input_size, **({SOURCE_NAME: source_size} if source_size else {})}
+
+
+def _float64_outputs(model: nn.Module, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """``model``'s outputs in float64 on the CPU (a copy; the model is left as it is): the exact result the parity
+    check measures float32's own error against."""
+    exact = _eval_wrapper(copy.deepcopy(model).to("cpu", torch.float64))
+    return [out.float() for out in exact(*(x.to("cpu", torch.float64) for x in inputs))]
 
 
 def _eval_wrapper(model: nn.Module) -> ExportWrapper:
@@ -214,7 +224,8 @@ def verify_onnx(
     atol: float = ATOL,
     source_size: int = 0,
 ) -> Parity:
-    """Run the ONNX file with onnxruntime (CPU) and the eager model on one random batch; compare every output.
+    """Run the ONNX file with onnxruntime (CPU) and the eager model on one random batch; compare every output
+    (:func:`racnn.inference.parity.compare_outputs`, with the model in float64 as the exact result).
 
     Raises:
         ImportError: onnxruntime is not installed.
@@ -226,8 +237,9 @@ def verify_onnx(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = _input_sides(input_size, source_size)
     feed = {name: x.cpu().numpy() for name, x in zip(names, inputs, strict=True)}
-    got = session.run(list(OUTPUT_NAMES), feed)
-    return compare_outputs([e.cpu() for e in expected], [torch.from_numpy(g) for g in got], rtol=rtol, atol=atol)
+    got = [torch.from_numpy(g) for g in session.run(list(OUTPUT_NAMES), feed)]
+    exact = _float64_outputs(model, inputs)
+    return compare_outputs([e.cpu() for e in expected], got, rtol=rtol, atol=atol, exact=exact)
 
 
 @torch.no_grad()
@@ -242,13 +254,15 @@ def verify_torchscript(
     atol: float = ATOL,
     source_size: int = 0,
 ) -> Parity:
-    """Load the TorchScript file with :func:`torch.jit.load` and compare every output with the eager model's."""
+    """Load the TorchScript file with :func:`torch.jit.load` and compare every output with the eager model's (with
+    the model in float64 as the exact result, as :func:`verify_onnx`)."""
     inputs = _example(model, input_size, batch_size, seed, source_size)
     expected = _eval_wrapper(model)(*inputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated")
         loaded = torch.jit.load(str(path), map_location=inputs[0].device)
-    return compare_outputs(expected, loaded(*inputs), rtol=rtol, atol=atol)
+    exact = [x.to(inputs[0].device) for x in _float64_outputs(model, inputs)]
+    return compare_outputs(expected, loaded(*inputs), rtol=rtol, atol=atol, exact=exact)
 
 
 @torch.no_grad()
@@ -260,14 +274,16 @@ def precision_drift(
     batch_size: int = 3,
     seed: int = 1,
     source_size: int = 0,
-) -> float:
+) -> Parity:
     """How far ``model`` run in ``precision`` (weights cast, as :class:`racnn.inference.api.Predictor` runs it) lies
-    from ``model`` in float32, which is what an export computes: the maximum absolute difference over all outputs."""
+    from ``model`` in float32, which is what an export computes, output by output (``probs``, each scale's
+    ``logits``, each zoomed scale's ``boxes``), on one random batch; :attr:`Parity.worst` names the output that
+    moves most for its scale."""
     inputs = _example(model, input_size, batch_size, seed, source_size)
     expected = _eval_wrapper(model)(*inputs)
     reduced = prepare_for_inference(copy.deepcopy(model), inputs[0].device, precision)
     got = [g.float() for g in _eval_wrapper(reduced)(*(inference_input(x, precision) for x in inputs))]
-    return compare_outputs(expected, got).max_abs
+    return compare_outputs(expected, got)
 
 
 def write_sidecar(
@@ -282,8 +298,13 @@ def write_sidecar(
     extra: dict[str, Any] | None = None,
     regions: int = 1,
     source_size: int = 0,
+    resize_ratio: float = 512 / 448,
 ) -> Path:
     """Write ``<path>.json`` (e.g. ``racnn.onnx.json``): what a consumer needs to feed and read the export.
+
+    ``"preprocessing"`` is :func:`racnn.inference.preprocessing.preprocessing_spec` of the model (``resize_ratio``
+    is ``data.resize_ratio``): every step from the decoded photo to the inputs, with the resize's filter and
+    antialiasing, the rounding of sizes and of the crop's corner, mean/std and the channel order.
 
     ``regions`` (``model.regions``) is written as ``"regions"``; with R > 1 the boxes' shape has its region axis.
     ``source_size`` (``data.source_size``, 0 for none) is written as ``"source_size"``; with M > 0 the export
@@ -309,18 +330,13 @@ def write_sidecar(
             "logits": [num_scales, "batch", num_classes],
             "boxes": [num_scales - 1, "batch", 3] if regions == 1 else [num_scales - 1, "batch", regions, 3],
         },
-        "preprocessing": "RGB in [0, 1], shorter side resized to round(input_size * resize_ratio), "
-        "centre crop input_size, (x - mean) / std",
+        "preprocessing": preprocessing_spec(input_size, resize_ratio, mean, std, source_size),
+        "resize_ratio": resize_ratio,
         "source_size": source_size,
         "input_names": list(sides),
         "input_shapes": {name: ["batch", 3, side, side] for name, side in sides.items()},
         **(extra or {}),
     }
-    if source_size:
-        meta["preprocessing"] = (
-            "RGB in [0, 1], shorter side resized to round(source_size * resize_ratio), centre crop source_size: "
-            "the source; that crop resized to input_size (antialiased): the images; each (x - mean) / std"
-        )
     sidecar = Path(str(path) + ".json")
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     return sidecar
