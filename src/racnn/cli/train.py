@@ -2,19 +2,21 @@
 
 The schedule runs warm-up, APN pre-training, `rounds` x (classification phase, APN phase) and the fusion phase
 (docs/TRAINING.md). The run folder (train.output_dir/train.name, with -1, -2, ... if it exists) gets
-config.yaml, metrics.csv, curves.png, attention_round*.png, last.pt after every epoch, best.pt,
-model.safetensors and the final metrics.json / confusion.csv / confusion.png.
+config.yaml, run.json (command, versions, git commit, machine, split sizes) and train.log at the start;
+metrics.csv, curves.png, attention_round*.png and last.pt (to resume) as it goes; at the end model.safetensors
+(the model chosen on val), metrics.json / confusion.csv / confusion.png, attention_final.png and a README.md
+model card, and last.pt is removed (--keep-checkpoints keeps it, and best.pt).
 
 examples:
   racnn train --config synthetic_tiny
   racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --amp none
-  racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly
+  racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly (a finished run: says so)
   racnn train --config synthetic_tiny --device cpu -b 16 -j 0 --print-config     the resolved config, no training
   racnn --quiet train --config FILE              warnings and errors only, no progress bars
   torchrun --nproc_per_node 2 -m racnn train --config FILE     DistributedDataParallel, one process per GPU/CPU share
 
-exit codes: 0 done, 1 training failed (e.g. a non-finite loss), 2 bad input (path, config key, data layout),
-130 interrupted (last.pt holds the last completed epoch).
+exit codes: 0 done (or --resume of a finished run), 1 training failed (e.g. a non-finite loss), 2 bad input (path,
+config key, data layout, a last.pt of another run), 130 interrupted (last.pt holds the last completed epoch).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", metavar="DIR", help="parent folder of the run folder (overrides train.output_dir)"
     )
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true",
+        help="sets train.keep_checkpoints: keep best.pt and last.pt (resumable) at the end besides model.safetensors",
+    )  # fmt: skip
     add_amp(parser, None, f"{AMP_HELP}: sets train.amp (left out: the config's, auto in every recipe)")
     parser.add_argument(
         "--baseline", action="store_true",
@@ -77,6 +83,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"data.num_workers={args.workers}")
     if args.amp is not None:
         overrides.append(f"train.amp={args.amp}")
+    if getattr(args, "keep_checkpoints", False):
+        overrides.append("train.keep_checkpoints=true")
     if getattr(args, "verbosity", None) == "quiet":
         overrides.append("train.progress=false")
     return overrides
@@ -125,7 +133,12 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, CheckpointWriteError
     from racnn.data import DatasetError
     from racnn.training import NonFiniteLossError, fit, train_baseline
+    from racnn.training.run_record import finished_note
 
+    note = finished_note(args.resume) if args.resume else None
+    if note is not None:  # the resume checkpoint is gone: say that the run is done, do nothing
+        print(f"racnn train: {note}")
+        return 0
     try:
         cfg = build_config(args)
         if args.print_config:

@@ -124,6 +124,7 @@ class TrainConfig:
     tensorboard: bool = True  # when the tensorboard package is installed
     visualize: bool = True  # attention grid after each round and curves.png
     keep_phase_checkpoints: bool = False  # also keep last.pt as phase<N>_<kind>.pt at the end of every phase
+    keep_checkpoints: bool = False  # also keep best.pt and last.pt at the end (default: model.safetensors only)
 
 
 @dataclass
