@@ -20,7 +20,7 @@ from racnn.cli import flags as cli_flags
 from racnn.cli import verify as verify_cli
 from racnn.cli.flags import configure_logging
 from racnn.config import RECIPES, PhaseConfig
-from racnn.training.run_files import eta_text, format_duration, seconds_left
+from racnn.training.run_files import eta_text, format_duration
 from racnn.training.schedule import run_position
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -170,12 +170,6 @@ def test_run_position_counts_epochs_across_phases():
     assert run_position(schedule, 0, 1) == (1, total)
     assert run_position(schedule, 1, 3) == (5, total)
     assert run_position(schedule, 2, PhaseConfig().epochs) == (total, total)
-
-
-def test_seconds_left_is_the_pace_so_far_times_the_steps_to_go():
-    assert seconds_left(elapsed=60.0, steps_done=30, steps_to_go=90) == pytest.approx(180.0)
-    assert seconds_left(elapsed=60.0, steps_done=30, steps_to_go=0) == 0.0
-    assert seconds_left(elapsed=5.0, steps_done=0, steps_to_go=10) is None  # no pace yet
 
 
 def test_eta_text_reads_as_a_rounded_estimate():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
         elif args.baseline:
             print(json.dumps(train_baseline(cfg), indent=2))
         else:
-            fit(cfg, resume=args.resume)
+            fit(cfg, resume=args.resume, command=shlex.join(getattr(args, "command_line", [])) or None)
     except CheckpointWriteError as e:  # disk full, no permission: the run failed, the input was fine
         return fail("racnn train: ", e, code=1)
     except (ConfigError, CheckpointError, FileNotFoundError, DatasetError) as e:

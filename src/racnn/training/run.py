@@ -55,6 +55,7 @@ from racnn.training.run_files import (
     epoch_line,
     eta_text,
     format_duration,
+    interrupted_message,
     load_resume,
     new_run_dir,
     phase_checkpoint,
@@ -94,12 +95,13 @@ class TrainResult:
     trained_heads: list[str] = field(default_factory=list)
 
 
-def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
+def fit(cfg: Config, resume: str | Path | None = None, *, command: str | None = None) -> TrainResult:
     """Train RA-CNN with the schedule of ``cfg.train`` (see docs/TRAINING.md); under torchrun, with DDP.
 
     Args:
         cfg: the configuration (not modified; the resolved copy is saved in the run folder).
         resume: a run folder (or its ``last.pt``) to continue exactly where its last completed epoch ended.
+        command: the command line ``run.json`` records (default: this process's ``sys.argv``).
 
     Returns:
         :class:`TrainResult`. ``Ctrl-C`` raises ``KeyboardInterrupt`` after saying how to resume.
@@ -114,7 +116,7 @@ def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
     run = None
     try:
         try:
-            run = _Run(copy.deepcopy(cfg), device, dist_info, resume, precision)
+            run = _Run(copy.deepcopy(cfg), device, dist_info, resume, precision, command)
         except ValueError as e:  # a backbone, data set option or class count that does not fit: the config's fault
             raise e if isinstance(e, (ConfigError, CheckpointError)) else ConfigError(str(e)) from e
         return run.train()
@@ -132,7 +134,13 @@ class _Run:
     """The state of one training run and the steps of its loop, each a short method."""
 
     def __init__(
-        self, cfg: Config, device: torch.device, dist_info: DistInfo, resume: str | Path | None, precision: Precision
+        self,
+        cfg: Config,
+        device: torch.device,
+        dist_info: DistInfo,
+        resume: str | Path | None,
+        precision: Precision,
+        command: str | None = None,
     ) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
         self.precision = precision
@@ -189,7 +197,7 @@ class _Run:
         self.run_log, self.record = None, {}
         if self.main:
             self.run_log = RunLog(self.run_dir)
-            now = session(device, self.splits, "fp32" if precision.amp == "none" else precision.amp)
+            now = session(device, self.splits, "fp32" if precision.amp == "none" else precision.amp, command)
             self.record = (resume_record if ckpt is not None else start_record)(self.run_dir, self.run_id, now)
 
     # -- set-up ------------------------------------------------------------------------------------------
@@ -239,7 +247,7 @@ class _Run:
             self._finish()
         except KeyboardInterrupt:
             if self.main:
-                log.warning(self._interrupted_message())
+                log.warning(interrupted_message(self.run_dir))
             raise
         finally:
             if self.writer is not None:
@@ -387,7 +395,7 @@ class _Run:
             path = self.run_dir / "model.safetensors"
             save_safetensors(self.model, self.cfg, self.class_names, path, trained, self.run_id)
             if self.cfg.train.visualize:
-                after = "after fusion" if "fusion" in trained else f"{len(trained)} heads trained"
+                after = "after fusion" if "fused" in trained else "before fusion"
                 title = f"RA-CNN attention of the tested model (epoch {chosen}, {after})"
                 self._attention_picture(title, FINAL_PICTURE, trained)
         if last is not None:  # the model object ends as trained, as last.pt holds it
@@ -489,12 +497,4 @@ class _Run:
             self.state.get("best_trained", self.state["trained"])
             if self.best_model is not None
             else self.state["trained"]
-        )
-
-    def _interrupted_message(self) -> str:
-        if not (self.run_dir / "last.pt").is_file():
-            return "interrupted before the first epoch completed; nothing to resume"
-        return (
-            f"interrupted: the last completed epoch is saved in {self.run_dir / 'last.pt'} (the epoch in "
-            f"progress is not); continue with:\n  racnn train --resume {self.run_dir}"
         )

@@ -51,6 +51,16 @@ def eta_text(epochs_done: int, epochs_total: int, seconds: float | None) -> str:
     return where if seconds is None else f"{where}, {format_duration(seconds)} left"
 
 
+def interrupted_message(run_dir: Path) -> str:
+    """What ``Ctrl-C`` prints: where the last completed epoch is and how to continue."""
+    if not (run_dir / "last.pt").is_file():
+        return "interrupted before the first epoch completed; nothing to resume"
+    return (
+        f"interrupted: the last completed epoch is saved in {run_dir / 'last.pt'} (the epoch in "
+        f"progress is not); continue with:\n  racnn train --resume {run_dir}"
+    )
+
+
 def epoch_line(row: dict[str, Any]) -> str:
     where = f"[{row['phase']}" + (f" r{row['round']}" if row["phase"] in ("cls", "apn") else "") + f" e{row['epoch']}]"
     losses = " ".join(

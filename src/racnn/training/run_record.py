@@ -114,11 +114,14 @@ def command_line(argv: list[str]) -> str:
     return shlex.join([name, *argv[1:]])
 
 
-def session(device: torch.device, splits: dict[str, int | None], precision: str) -> dict[str, Any]:
-    """Where and how this process runs: time, command line, working folder, versions, git, machine, splits."""
+def session(
+    device: torch.device, splits: dict[str, int | None], precision: str, command: str | None = None
+) -> dict[str, Any]:
+    """Where and how this process runs: time, command line (``command``, else :func:`command_line` of
+    ``sys.argv``), working folder, versions, git, machine, splits."""
     return {
         "at": now(),
-        "command": command_line(sys.argv),
+        "command": command if command is not None else command_line(sys.argv),
         "cwd": os.getcwd(),
         "versions": versions(),
         "git": git_commit(),
