@@ -12,7 +12,7 @@ Without --checkpoint, a checkpoint of random weights is written to a temporary f
 the weights); --backbone, --input-size, --zoom-size and --classes choose its model.
 
   python benchmarks/bench_app.py --backbone tf_efficientnet_lite0 --input-size 224 --zoom-size 224 --classes 50
-  python benchmarks/bench_app.py --checkpoint runs/demo/best.pt --requests 400 --clients 1 4 16
+  python benchmarks/bench_app.py --checkpoint runs/demo --requests 400 --clients 1 4 16
 """
 
 from __future__ import annotations

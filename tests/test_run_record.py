@@ -130,6 +130,8 @@ def test_finished_note_reads_run_json(tmp_path):
     assert finished_note(tmp_path) is None and finished_note(tmp_path / "last.pt") is None
     results = {"s1": 0.5, "fused": 0.75}
     write_record(tmp_path, {"run_id": "abc", "finished": "2026-12-07T12:00:00Z", "results": results})
+    assert finished_note(tmp_path) is None  # its model.safetensors is gone: a kept last.pt may test it again
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
     note = finished_note(tmp_path / "last.pt")
     assert "the run finished at 2026-12-07T12:00:00Z (test top-1 fused 75.00)" in note and "\n" not in note
     (tmp_path / "other").mkdir()

@@ -98,9 +98,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
     overrides = flag_overrides(args) + list(args.overrides)
     if args.resume:
-        if args.config or args.output_dir:
-            raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
-        refuse_resume_overrides(overrides)
+        check_resume_args(args)
         path = Path(args.resume)
         ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
         cfg = apply_overrides(config_of(ckpt, path), overrides)
@@ -111,6 +109,13 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.output_dir:
         overrides.insert(0, f"train.output_dir={args.output_dir}")
     return load_config(args.config, overrides)
+
+
+def check_resume_args(args: argparse.Namespace) -> None:
+    """Refuse what ``--resume`` would ignore or misplace (the checks that need no checkpoint)."""
+    if args.config or args.output_dir:
+        raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
+    refuse_resume_overrides(flag_overrides(args) + list(args.overrides))
 
 
 def check_resumed_classes(path: Path, class_names: list[str] | None, cfg: Config) -> None:
@@ -137,10 +142,14 @@ def main(args: argparse.Namespace) -> int:
     from racnn.training.run_record import finished_note
 
     note = finished_note(args.resume) if args.resume else None
-    if note is not None:  # the resume checkpoint is gone: say that the run is done, do nothing
-        print(f"racnn train: {note}")
-        return 0
     try:
+        if note is not None:  # a finished run: the options checked as for any resume, then one line, nothing done
+            path = Path(args.resume)
+            check_resume_args(args)
+            if (path / "last.pt" if path.is_dir() else path).is_file():  # kept with train.keep_checkpoints
+                build_config(args)
+            print(f"racnn train: {note}")
+            return 0
         cfg = build_config(args)
         if args.print_config:
             print_config(cfg)

@@ -185,16 +185,16 @@ def finish_record(run_dir: Path, record: dict[str, Any], seconds: float, results
 
 
 def finished_note(resume: str | Path) -> str | None:
-    """One line saying that the run ``resume`` names (its folder, or a checkpoint in it) has finished; None when
-    it has not, or the folder has no record."""
+    """One line saying that the run ``resume`` names (its folder, or a checkpoint in it) has finished (``run.json``
+    says so and its ``model.safetensors`` is there); None when it has not, or the folder has no record."""
     path = Path(resume)
     run_dir = path if path.is_dir() else path.parent
     try:
         record = read_record(run_dir)
     except ConfigError:
         return None
-    if not record or not record.get("finished"):
-        return None
+    if not record or not record.get("finished") or not (run_dir / "model.safetensors").is_file():
+        return None  # not finished, or its model is gone: a kept last.pt may test it again
     results = record.get("results") or {}
     shown = "  ".join(f"{head} {100 * value:.2f}" for head, value in results.items() if head == "fused")
     return (
