@@ -161,3 +161,25 @@ def test_model_card_tables_the_trained_heads_and_says_how_to_load():
     untrained = results_table(metrics, ["s1", "avg"], 3)  # before fusion: no fused row, no model-index
     assert [line.split(" |")[0] for line in untrained[2:]] == ["| scale 1", "| avg (mean of the scales' probabilities)"]
     assert "model-index" not in model_card(cfg, record, metrics, ["s1", "avg"], [], "tiny")
+
+
+def test_a_branch_is_a_run_of_its_own_with_the_branch_config(tmp_path):
+    from racnn.checkpoint import load_checkpoint, save_checkpoint
+    from racnn.training.run_files import branch_run
+    from racnn.training.run_record import read_record
+
+    source_cfg = load_config("synthetic_tiny", ["train.apn.epochs=0"])
+    source_cfg.model.num_classes = 4
+    source = save_checkpoint(
+        tmp_path / "phase2_cls.pt",
+        {"run_id": "source", "config": config_to_dict(source_cfg), "model": {}, "state": {"best": 0.5},
+         "best_model": {"w": torch.ones(1)}},
+    )  # fmt: skip
+    cfg = load_config("synthetic_tiny")  # the full schedule; num_classes 0: counted when it runs
+    out = branch_run(source, cfg, tmp_path / "branch")
+    ckpt, record = load_checkpoint(out / "last.pt"), read_record(out)
+    assert ckpt["run_id"] == record["run_id"] != "source" and record["branched_from"] == str(source)
+    assert ckpt["best_model"] is None and ckpt["state"]["best"] is None  # it chooses among its own epochs
+    check_identity(out, out / "last.pt", ckpt)  # its own, although the source's schedule differs
+    ckpt["config"]["model"]["num_classes"] = 4  # as its last.pt says once it has run
+    check_identity(out, out / "last.pt", ckpt)

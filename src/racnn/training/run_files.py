@@ -260,6 +260,7 @@ def branch_run(checkpoint: Path, cfg: Config, out_dir: Path) -> Path:
     ckpt["state"]["best"] = None
     ckpt["best_model"] = None
     ckpt["run_id"] = new_run_id()  # a run of its own: run.json and its checkpoints carry the new id
+    ckpt["config"] = config_to_dict(cfg)  # what the branch runs (and its config.yaml says)
     out_dir = _claim(out_dir, str(out_dir.parent))
     save_config(cfg, out_dir / "config.yaml")
     write_record(out_dir, {"run_id": ckpt["run_id"], "started": now(), "branched_from": str(checkpoint)})

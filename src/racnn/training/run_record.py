@@ -172,6 +172,9 @@ def start_record(run_dir: Path, run_id: str, this_session: dict[str, Any]) -> di
 def resume_record(run_dir: Path, run_id: str, this_session: dict[str, Any]) -> dict[str, Any]:
     """``run.json`` with this resumed session appended (made, with what is known, for a folder that had none)."""
     record = read_record(run_dir) or {"run_id": run_id, "started": None, "finished": None}
+    for key, value in this_session.items():  # a branched run's record starts with its id only
+        if key != "at":
+            record.setdefault(key, value)
     record.setdefault("resumed", []).append(this_session)
     record["splits"] = this_session["splits"]
     write_record(run_dir, record)
@@ -242,6 +245,8 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
 def _identity_difference(folder: dict[str, Any], checkpoint: dict[str, Any]) -> str | None:
     mine, theirs = identity(folder), identity(checkpoint)
     for key in mine:
+        if key == "model.num_classes" and 0 in (mine[key], theirs.get(key)):
+            continue  # 0: counted from the data when the run starts (a branch's config.yaml)
         if mine[key] != theirs.get(key):
             return f"{key} is {mine[key]!r} in config.yaml, {theirs.get(key)!r} in the checkpoint"
     return None
