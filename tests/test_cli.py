@@ -177,3 +177,4 @@ def test_eta_text_reads_as_a_rounded_estimate():
     assert eta_text(3, 12, 240.0) == "epoch 3/12 of the run, ~4 min left"
     assert eta_text(3, 12, None) == "epoch 3/12 of the run"
     assert eta_text(12, 12, 0.0) == "epoch 12/12 of the run, testing next"
+    assert eta_text(12, 12, 150.0) == "epoch 12/12 of the run, testing next, ~2 min left"

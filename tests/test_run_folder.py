@@ -4,6 +4,7 @@ that is not the folder's."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from racnn.cli import main
 from racnn.config import RECIPES, load_config
 from racnn.training import fit
 from racnn.training.run_record import RunFinishedError
+from racnn.training.time_left import TimeLeft
 
 TINY = [
     "model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
@@ -143,3 +145,21 @@ def test_resume_checks_that_last_pt_is_the_runs_then_finishes_it(tmp_path, monke
     record = json.loads((a / "run.json").read_text())
     assert record["finished"] and len(record["resumed"]) == 1 and not (a / "last.pt").exists()
     assert "[fusion e1]" in (a / "train.log").read_text()  # the resumed session appended to the log
+
+
+def test_the_time_left_times_only_the_validation_passes_that_ran(tmp_path, monkeypatch):
+    timed = []
+    real = TimeLeft.evaluated
+
+    def evaluated(self, seconds, images):
+        timed.append((seconds, images))
+        real(self, seconds, images)
+
+    monkeypatch.setattr(TimeLeft, "evaluated", evaluated)
+    quiet = ["--set", "train.visualize=false", "--set", "train.tensorboard=false", "--set", "train.eval_interval=0"]
+    assert main(_train(tmp_path, *quiet)) == 0
+    assert len(timed) == 2 and all(seconds > 0 and images == 2 for seconds, images in timed)  # each phase's end
+    with open(tmp_path / "synthetic_tiny" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(row["time_left_s"]) > 0 for row in rows)  # the test pass is left after the last epoch
+    assert float(rows[1]["elapsed_s"]) > float(rows[0]["elapsed_s"]) > 0

@@ -320,10 +320,11 @@ class _Run:
         row = {"phase": kind, "phase_index": index, "round": round_index, "epoch": epoch + 1}
         row["global_epoch"] = self.state["global_epoch"]
         row.update({f"train_{k}": v for k, v in stats.items()})
-        val_seconds = time.perf_counter()
+        val_seconds = 0.0  # none: no pass to time (the time left counts the passes that ran)
         if validates(epoch + 1, phase.epochs, index + 1 == len(self.schedule), interval):
+            val_seconds = -time.perf_counter()
             row.update(self._validate())
-        val_seconds = time.perf_counter() - val_seconds
+            val_seconds += time.perf_counter()
         eta = self._eta(index, epoch + 1, int(stats["steps"]), val_seconds, row)
         self.history.append(row)
         if self.main:
@@ -339,7 +340,7 @@ class _Run:
         validation passes to come and the test pass); records ``elapsed_s`` and ``time_left_s`` in ``row``."""
         now = time.perf_counter()
         self.pace.trained(self.schedule[index][0], now - self.clock - val_seconds, steps)
-        if val_seconds and "val" in self.eval_loaders:
+        if val_seconds > 0 and "val" in self.eval_loaders:
             self.pace.evaluated(val_seconds, len(self.val_set))
         self.clock = now
         _, per_epoch = steps_per_epoch(self.train_loader, self.cfg.train)
@@ -413,12 +414,8 @@ class _Run:
         """The first 8 val images (training images without a val split), captioned with the head the run is scored
         on (``train.best_metric``'s), to ``name`` in the folder and to TensorBoard."""
         shown = self.val_set if self.val_set is not None else self.train_set
-        answer = self._selected_head(trained)
-        step = self.state["global_epoch"]
-        path = self.run_dir / name
-        attention_picture(
-            self.model, shown, self.mean, self.std, self.class_names, title, answer, path, self.writer, step
-        )
+        drawn = (self.mean, self.std, self.class_names, title, self._selected_head(trained), self.run_dir / name)
+        attention_picture(self.model, shown, *drawn, self.writer, self.state["global_epoch"])
 
     # -- output ------------------------------------------------------------------------------------------
 

@@ -46,8 +46,8 @@ def format_duration(seconds: float) -> str:
 def eta_text(epochs_done: int, epochs_total: int, seconds: float | None) -> str:
     """``"epoch 3/12 of the run, ~4 min left"``: where the run stands across all its phases."""
     where = f"epoch {epochs_done}/{epochs_total} of the run"
-    if epochs_done >= epochs_total:
-        return f"{where}, testing next"
+    if epochs_done >= epochs_total:  # the test pass is what is left
+        return f"{where}, testing next" + (f", {format_duration(seconds)} left" if seconds else "")
     return where if seconds is None else f"{where}, {format_duration(seconds)} left"
 
 
