@@ -21,7 +21,7 @@ from racnn.training.run_record import (
     versions,
     write_record,
 )
-from racnn.training.time_left import RELATIVE_COST, TimeLeft, remaining, validates
+from racnn.training.time_left import EVAL_COST, RELATIVE_COST, TimeLeft, remaining, validates
 
 # -- the time left -----------------------------------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def test_a_kind_not_yet_seen_is_scaled_from_the_kinds_seen():
     expected = RELATIVE_COST["fusion"] / RELATIVE_COST["warmup"]
     assert pace.step_seconds("fusion") == pytest.approx(expected)
     # no evaluation yet: a forward pass of an image, from the classification pace
-    assert pace.image_seconds() == pytest.approx(RELATIVE_COST["cls"] / 8 * 0.35)
+    assert pace.image_seconds() == pytest.approx(RELATIVE_COST["cls"] / RELATIVE_COST["warmup"] / 8 * EVAL_COST)
     assert pace.estimate([("fusion", 4)], 16) == pytest.approx(4 * expected + 16 * pace.image_seconds())
 
 
