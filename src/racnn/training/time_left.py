@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # Seconds per optimiser step of each phase kind, relative to a classification step, rounded from the CPU recipe's
-# run (docs/BENCHMARKS.md, "Time left": cls 1, apn 0.5, apn_pretrain 0.3, fusion 0.2); used only for kinds the run
-# has not measured yet.
-RELATIVE_COST = {"warmup": 1.0, "cls": 1.0, "apn": 0.5, "apn_pretrain": 0.3, "fusion": 0.25}
-# Seconds per evaluated image, relative to a classification step's seconds per training image (same run: 0.06 to
-# 0.12); used until a validation pass has been timed.
-EVAL_COST = 0.1
+# runs (docs/BENCHMARKS.md, "Time left": apn 0.5, fusion 0.24, apn_pretrain 0.27 to 0.48 with the first epoch's
+# start-up); used only for kinds the run has not measured yet.
+RELATIVE_COST = {"warmup": 1.0, "cls": 1.0, "apn": 0.5, "apn_pretrain": 0.4, "fusion": 0.25}
+# Seconds per evaluated image, relative to a classification step's seconds per training image: 0.19 measured back
+# to back on the CPU recipe (a forward pass against forward, backward and the optimiser step); used until a
+# validation pass has been timed.
+EVAL_COST = 0.2
 
 
 def validates(epoch: int, epochs: int, last_phase: bool, interval: int) -> bool:
