@@ -323,7 +323,7 @@ def test_resume_with_two_regions_gives_identical_weights(tmp_path, monkeypatch):
     from racnn.config import RECIPES
     from racnn.training import run as training_run
 
-    settings = [*TWO_REGION_RUN, "train.visualize=false"]
+    settings = [*TWO_REGION_RUN, "train.visualize=false", "train.keep_checkpoints=true"]  # last.pt compared at the end
 
     def config(folder: str):
         return load_config(RECIPES / "synthetic_tiny.yaml", [*settings, f"train.output_dir={tmp_path / folder}"])
