@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Seconds per optimiser step of each phase kind, relative to a classification step, rounded from the CPU recipe's
-# runs (docs/BENCHMARKS.md, "Time left": apn 0.5, fusion 0.24, apn_pretrain 0.27 to 0.48 with the first epoch's
-# start-up); used only for kinds the run has not measured yet.
-RELATIVE_COST = {"warmup": 1.0, "cls": 1.0, "apn": 0.5, "apn_pretrain": 0.4, "fusion": 0.25}
-# Seconds per evaluated image, relative to a classification step's seconds per training image: 0.19 measured back
-# to back on the CPU recipe (a forward pass against forward, backward and the optimiser step); used until a
-# validation pass has been timed.
-EVAL_COST = 0.2
+# Seconds per optimiser step of each phase kind, relative to a classification step, with each epoch's checkpoint
+# and pictures: rounded from the CPU recipe's run on a quiet machine (docs/BENCHMARKS.md, "Time left"); used only
+# for kinds the run has not measured yet.
+RELATIVE_COST = {"warmup": 1.0, "cls": 1.0, "apn": 0.6, "apn_pretrain": 0.55, "fusion": 0.35}
+# Seconds per evaluated image, relative to a classification step's seconds per training image (the same run's test
+# pass: 0.32); used until a validation pass has been timed.
+EVAL_COST = 0.3
 
 
 def validates(epoch: int, epochs: int, last_phase: bool, interval: int) -> bool:
