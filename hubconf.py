@@ -3,7 +3,7 @@
 Weights are never downloaded: the entry point loads a LOCAL racnn checkpoint (with ``weights_only=True``). The
 ``racnn`` package must be installed (``pip install -e .`` in this repository, or ``pip install racnn``)::
 
-    predictor = torch.hub.load("path/to/racnn", "racnn", source="local", checkpoint="runs/cub/best.pt")
+    predictor = torch.hub.load("path/to/racnn", "racnn", source="local", checkpoint="runs/cub")
     predictor.predict("bird.jpg")[0].top
 
 ``predictor.model`` is the ``torch.nn.Module`` itself.

@@ -278,7 +278,8 @@ def run(args: argparse.Namespace) -> Rows:
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; choose from {MODELS}")
-    base_overrides = [f"data.dataset={args.dataset}", f"train.output_dir={args.output_dir}", *args.overrides]
+    base_overrides = [f"data.dataset={args.dataset}", f"train.output_dir={args.output_dir}"]
+    base_overrides += ["train.keep_checkpoints=true", *args.overrides]  # _read_back reads last.pt and best.pt
     if args.data is not None:
         base_overrides.insert(0, f"data.root={args.data}")
 

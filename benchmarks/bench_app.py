@@ -18,7 +18,7 @@ so the table shows the normal clients' latency and errors without and with the s
 sockets the server closed meanwhile.
 
   python benchmarks/bench_app.py --backbone tf_efficientnet_lite0 --input-size 224 --zoom-size 224 --classes 50
-  python benchmarks/bench_app.py --checkpoint runs/demo/best.pt --requests 400 --clients 1 4 16
+  python benchmarks/bench_app.py --checkpoint runs/demo --requests 400 --clients 1 4 16
   python benchmarks/bench_app.py --requests 100 --clients 4 --slow-headers 300 --slow-bodies 40
 """
 

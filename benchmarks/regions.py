@@ -88,7 +88,7 @@ def run(seed: int, regions: int, pool: str, args: argparse.Namespace) -> dict[st
         "val fused": chosen[f"val_top1_{answer}"],
         "test fused": result.metrics[f"top1_{answer}"],
     }
-    return {**values, **coverage(result.run_dir / "best.pt"), "wall": wall}
+    return {**values, **coverage(result.run_dir / "model.safetensors"), "wall": wall}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ TINY = [
     "data.synthetic_train=16", "data.synthetic_test=8", "data.synthetic_classes=4", "data.batch_size=8",
     "data.num_workers=0", "train.rounds=0", "train.warmup.epochs=1", "train.apn_pretrain.epochs=0",
     "train.fusion.epochs=0", "train.visualize=false", "train.progress=false", "train.tensorboard=false",
+    "train.keep_checkpoints=true",  # best.pt, last.pt and model.safetensors: every artefact a run can leave
 ]  # fmt: skip
 
 pytestmark = [

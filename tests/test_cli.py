@@ -20,7 +20,7 @@ from racnn.cli import flags as cli_flags
 from racnn.cli import verify as verify_cli
 from racnn.cli.flags import configure_logging
 from racnn.config import RECIPES, PhaseConfig
-from racnn.training.run_files import eta_text, format_duration, seconds_left
+from racnn.training.run_files import eta_text, format_duration
 from racnn.training.schedule import run_position
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -172,14 +172,9 @@ def test_run_position_counts_epochs_across_phases():
     assert run_position(schedule, 2, PhaseConfig().epochs) == (total, total)
 
 
-def test_seconds_left_is_the_pace_so_far_times_the_steps_to_go():
-    assert seconds_left(elapsed=60.0, steps_done=30, steps_to_go=90) == pytest.approx(180.0)
-    assert seconds_left(elapsed=60.0, steps_done=30, steps_to_go=0) == 0.0
-    assert seconds_left(elapsed=5.0, steps_done=0, steps_to_go=10) is None  # no pace yet
-
-
 def test_eta_text_reads_as_a_rounded_estimate():
     assert [format_duration(s) for s in (4.4, 89, 240, 5399, 9000)] == ["~4 s", "~89 s", "~4 min", "~90 min", "~2.5 h"]
     assert eta_text(3, 12, 240.0) == "epoch 3/12 of the run, ~4 min left"
     assert eta_text(3, 12, None) == "epoch 3/12 of the run"
     assert eta_text(12, 12, 0.0) == "epoch 12/12 of the run, testing next"
+    assert eta_text(12, 12, 150.0) == "epoch 12/12 of the run, testing next, ~2 min left"

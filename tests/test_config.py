@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import torch
 import yaml
 
 import racnn.training as training
-from racnn.checkpoint import load_checkpoint
 from racnn.config import (
     RECIPES,
     Config,
@@ -115,7 +115,10 @@ def test_resolved_config_in_run_folder_and_checkpoint(tmp_path):
     finally:
         torch.set_num_threads(threads)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    stored = load_checkpoint(result.run_dir / "last.pt")["config"]
+    from safetensors import safe_open
+
+    with safe_open(str(result.run_dir / "model.safetensors"), "pt") as f:
+        stored = json.loads(f.metadata()["config"])
     assert saved == stored
     assert saved["model"]["num_classes"] == 3  # 0 in the file: resolved from the data set
     assert saved["data"]["synthetic_train"] == 16 and saved["train"]["output_dir"] == str(tmp_path)

@@ -60,8 +60,10 @@ def test_demo_small_prints_the_table_and_writes_its_files(tmp_path, capsys):
         "demo_summary.json",
         "curves.png",
         "metrics.csv",
-        "best.pt",
-        "last.pt",
+        "model.safetensors",
+        "README.md",
+        "run.json",
+        "train.log",
         "config.yaml",
     ):
         assert (run / name).is_file(), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from racnn.checkpoint import load_checkpoint, load_model
-from racnn.config import RECIPES, config_from_dict
+from racnn.checkpoint import load_model
+from racnn.config import RECIPES
 from racnn.distributed import ShardSampler
 from racnn.training import build_split, evaluate, make_eval_loader, object_boxes_in_input, scalar_metrics
 
@@ -45,16 +46,17 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     run = tmp_path / "synthetic_tiny"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic_tiny"]  # one run folder, written by rank 0
-    history = load_checkpoint(run / "last.pt")["state"]["history"]
+    with open(run / "metrics.csv", newline="") as f:
+        history = list(csv.DictReader(f))
     assert [row["phase"] for row in history] == ["warmup", "apn_pretrain", "cls", "apn", "fusion"]
-    assert all(row["train_steps"] == 2 for row in history)  # 24 images per process, batches of 8, accumulate 2
+    assert all(row["train_steps"] == "2" for row in history)  # 24 images per process, batches of 8, accumulate 2
+    assert json.loads((run / "run.json").read_text())["finished"] and not (run / "last.pt").exists()
     distributed = json.loads((run / "metrics.json").read_text())
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, _, class_names = load_model(run / "best.pt")  # the model chosen on val is the one tested
-        cfg = config_from_dict(load_checkpoint(run / "best.pt")["config"])
+        model, cfg, class_names = load_model(run / "model.safetensors")  # the model chosen on val is the one tested
         test_set = build_split(cfg, "test", model.mean, model.std)
         single = evaluate(
             model, make_eval_loader(test_set, 5), margin=cfg.train.margin, channels_last=cfg.train.channels_last,

@@ -32,7 +32,8 @@ def test_answer_head_falls_back_to_the_mean_of_trained_scales():
 @pytest.fixture(scope="module")
 def no_fusion_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("heads")
-    cfg = load_config(CONFIG, [*TINY, f"train.output_dir={tmp}", "train.fusion.epochs=0", "train.visualize=true"])
+    cfg = load_config(CONFIG, [*TINY, f"train.output_dir={tmp}", "train.fusion.epochs=0", "train.visualize=true",
+                                "train.keep_checkpoints=true"])  # fmt: skip
     return fit(cfg)
 
 

@@ -77,12 +77,13 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A finished tiny training run (4 synthetic classes): config.yaml, last.pt, best.pt, metrics.json, ..."""
+    """A finished tiny training run (4 synthetic classes) that kept its checkpoints: config.yaml, last.pt, best.pt,
+    metrics.json, ..."""
     root = tmp_path_factory.mktemp("hostile_run")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(_train_args(root)) == 0
+        assert main(_train_args(root, "train.keep_checkpoints=true")) == 0
     finally:
         torch.set_num_threads(threads)
     return root / "synthetic_tiny"

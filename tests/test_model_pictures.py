@@ -74,6 +74,26 @@ def test_attention_grid_leaves_untrained_heads_out(monkeypatch):
     assert "answer (fused)" in last_title and all("not trained" not in c for c in third)
 
 
+def test_attention_grid_answers_with_the_head_it_is_asked_for(monkeypatch):
+    """A run scored on another head (train.best_metric) captions its pictures with that head, once trained."""
+    model = RACNN("tiny", num_classes=2, num_scales=2, input_size=32, zoom_size=24, apn_hidden=8).eval()
+    titles = []
+
+    def spy(image, boxes, crops, captions, **kwargs):
+        titles.append(kwargs["title"].text)
+        return Image.new("RGB", (10, 10))
+
+    monkeypatch.setattr("racnn.pictures.region_pictures.draw_attention", spy)
+    images = torch.randn(1, 3, 32, 32)
+    model.trained_heads = ["s1", "s2", "avg", "1+2", "fused"]  # after the fusion phase
+    for answer in ("fused", "s2", "avg"):
+        attention_grid(model, images, model.mean, model.std, ["x", "y"], answer=answer)
+    model.trained_heads = ["s1", "s2", "avg"]  # before it: the mean of the scales stands in for fused
+    attention_grid(model, images, model.mean, model.std, ["x", "y"], answer="fused")
+    assert ["answer (fused)" in titles[0], "answer (s2)" in titles[1]] == [True, True]
+    assert "answer (mean of scales)" in titles[2] and "answer (mean of scales)" in titles[3]
+
+
 def test_attention_grid_leaves_an_eval_model_in_eval():
     model = RACNN("tiny", num_classes=2, num_scales=2, input_size=32, zoom_size=24, apn_hidden=8).eval()
     grid = attention_grid(model, torch.randn(2, 3, 32, 32), model.mean, model.std, ["x", "y"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from matplotlib.colors import to_hex
+from matplotlib.text import Annotation
 
 from racnn.pictures.plots import plot_training_curves, training_curves_figure
 
@@ -46,7 +47,7 @@ def test_one_colour_per_scale_in_both_panels_and_fused_drawn_once():
 def test_phase_bands_are_named():
     fig = training_curves_figure(_history())
     for ax in fig.axes[:2]:
-        names = [t.get_text() for t in ax.texts]
+        names = [t.get_text() for t in ax.texts if not isinstance(t, Annotation)]
         assert names == ["warm-up", "APN pre-train", "cls 1", "apn (rank) 1", "fusion"]
         assert len(ax.patches) == 5  # one shaded band per phase
 
@@ -54,3 +55,22 @@ def test_phase_bands_are_named():
 def test_plot_training_curves_writes_a_png(tmp_path):
     path = plot_training_curves(_history(), tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_lone_validation_point_shows_its_value():
+    """The fusion heads are validated once (at the fusion phase's end): their points carry their values."""
+    ax_acc = training_curves_figure(_history()).axes[1]
+    values = sorted(t.get_text() for t in ax_acc.texts if isinstance(t, Annotation))
+    assert values == ["60.0", "70.0"]  # 1+2 and 1+2+3 = fused; s1..avg have two points each and no labels
+
+
+def test_validated_only_at_the_end_the_val_panel_is_one_bar_per_head_with_its_value(tmp_path):
+    history = [{k: v for k, v in row.items() if not k.startswith("val_")} for row in _history()]
+    history[-1].update({"val_top1_s1": 0.25, "val_top1_s2": 0.5, "val_top1_1+2": 0.55, "val_top1_fused": 0.6})
+    fig = training_curves_figure(history)
+    ax_acc = fig.axes[1]
+    assert ax_acc.get_lines() == [] and len(ax_acc.patches) == 3  # bars, no column of dots
+    assert [t.get_text() for t in ax_acc.get_yticklabels()] == ["s1", "s2", "1+2 = fused"]
+    assert sorted(t.get_text() for t in ax_acc.texts) == ["25.0", "50.0", "55.0"]
+    assert "at epoch 10 (validated once)" in ax_acc.get_title()
+    assert plot_training_curves(history, tmp_path / "curves.png").stat().st_size > 1000

@@ -102,11 +102,11 @@ def test_tiny_training_passes_the_source_everywhere(tmp_path, monkeypatch):
     assert 0 <= result.metrics["top1_fused"] <= 1 and result.metrics["n_images"] == 12
     assert list(result.run_dir.glob("attention_round*.png"))
     sources.clear()
-    assert main(["eval", "--checkpoint", str(result.run_dir / "last.pt"), "--out", str(tmp_path / "eval")]) == 0
+    assert main(["eval", "--checkpoint", str(result.run_dir), "--out", str(tmp_path / "eval")]) == 0
     assert sources and set(sources) == {(3, 64, 64)}  # racnn eval rebuilds the views from the stored config
 
     # Inference from the run: the predictor builds the source view from the photo's own pixels.
-    predictor = load(result.run_dir / "last.pt", device="cpu")
+    predictor = load(result.run_dir, device="cpu")
     prepared = predictor.prepare(_photo())
     assert prepared.tensor.shape == (3, 32, 32) and prepared.source_view.shape == (3, 64, 64)
     sources.clear()
@@ -117,7 +117,7 @@ def test_tiny_training_passes_the_source_everywhere(tmp_path, monkeypatch):
         predictor.predict(prepared.__class__(prepared.tensor, prepared.size))
     _photo().save(tmp_path / "photo.png")
     sources.clear()
-    assert main(["predict", "--checkpoint", str(result.run_dir / "last.pt"), str(tmp_path / "photo.png")]) == 0
+    assert main(["predict", "--checkpoint", str(result.run_dir), str(tmp_path / "photo.png")]) == 0
     assert sources == [(3, 64, 64)]  # racnn predict too
 
 

@@ -98,7 +98,7 @@ def test_user_mistakes_exit_2_with_one_message(args, message, capsys, tmp_path):
 
 def test_train_then_eval_prints_every_scale_and_writes_the_confusion_matrix(tmp_path, capsys):
     assert main(_train(tmp_path)) == 0
-    checkpoint = tmp_path / "synthetic_tiny" / "best.pt"
+    checkpoint = tmp_path / "synthetic_tiny" / "model.safetensors"
     err = capsys.readouterr().err  # the run's log: one line per epoch, with where the whole run stands
     assert "[warmup e1]" in err and "| epoch 1/5 of the run, ~" in err and " left\n" in err
     assert "[fusion e1]" in err and "| epoch 5/5 of the run, testing next" in err

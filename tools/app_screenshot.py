@@ -5,7 +5,7 @@ shows them sharply), starts the app on a free 127.0.0.1 port, chooses the photos
 (tests/chromium.py), waits for the answers and saves a screenshot of the page as a small palette PNG.
 
   racnn demo --no-baseline --output-dir runs                  # a checkpoint trained on the synthetic set
-  python tools/app_screenshot.py --checkpoint runs/demo/best.pt --out docs/images/app.png
+  python tools/app_screenshot.py --checkpoint runs/demo --out docs/images/app.png
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Example:
     >>> import racnn
-    >>> predictor = racnn.load("runs/demo/best.pt")  # doctest: +SKIP
+    >>> predictor = racnn.load("runs/demo")  # doctest: +SKIP
     >>> prediction = predictor.predict("bird.jpg")[0]  # doctest: +SKIP
     >>> prediction.top, prediction.boxes  # the fused answer; attention boxes in pixels  # doctest: +SKIP
 

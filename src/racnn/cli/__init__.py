@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.verbosity)
+    args.command_line = ["racnn", *(sys.argv[1:] if argv is None else argv)]  # what a run records in run.json
     try:
         return int(args._main(args) or 0)
     except BrokenPipeError:  # the reader went away (racnn predict ... | head): stop quietly, as SIGPIPE would

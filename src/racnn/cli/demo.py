@@ -153,5 +153,5 @@ def _run(args: argparse.Namespace, cfg: Config) -> int:
         print("attention boxes: " + "; ".join(boxes))
     print(f"time: RA-CNN {ra_seconds:.0f} s, baseline {base_seconds:.0f} s")
     print(f"wrote {run_dir}/: attention_round*.png (boxes and zoomed crops), curves.png, confusion.png, metrics.csv,")
-    print("      demo_table.md, best.pt / last.pt (try: racnn predict --checkpoint " + f"{run_dir}/best.pt IMAGE)")
+    print("      demo_table.md, README.md, model.safetensors (try: racnn predict --checkpoint " + f"{run_dir} IMAGE)")
     return 0

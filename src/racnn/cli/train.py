@@ -2,25 +2,28 @@
 
 The schedule runs warm-up, APN pre-training, `rounds` x (classification phase, APN phase) and the fusion phase
 (docs/TRAINING.md). The run folder (train.output_dir/train.name, with -1, -2, ... if it exists) gets
-config.yaml, metrics.csv, curves.png, attention_round*.png, last.pt after every epoch, best.pt,
-model.safetensors and the final metrics.json / confusion.csv / confusion.png.
+config.yaml, run.json (command, versions, git commit, machine, split sizes) and train.log at the start;
+metrics.csv, curves.png, attention_round*.png and last.pt (to resume) as it goes; at the end model.safetensors
+(the model chosen on val), metrics.json / confusion.csv / confusion.png, attention_final.png and a README.md
+model card, and last.pt is removed (--keep-checkpoints keeps it, and best.pt).
 
 examples:
   racnn train --config synthetic_tiny
   racnn train --config paper_vgg19_cub --set data.root=/data/CUB_200_2011 --amp none
-  racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly
+  racnn train --resume runs/racnn               continue after Ctrl-C or a crash, exactly (a finished run: says so)
   racnn train --config synthetic_tiny --device cpu -b 16 -j 0 --print-config     the resolved config, no training
   racnn --quiet train --config FILE              warnings and errors only, no progress bars
   torchrun --nproc_per_node 2 -m racnn train --config FILE     DistributedDataParallel, one process per GPU/CPU share
 
-exit codes: 0 done, 1 training failed (e.g. a non-finite loss), 2 bad input (path, config key, data layout),
-130 interrupted (last.pt holds the last completed epoch).
+exit codes: 0 done (or --resume of a finished run), 1 training failed (e.g. a non-finite loss), 2 bad input (path,
+config key, data layout, a last.pt of another run), 130 interrupted (last.pt holds the last completed epoch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", metavar="DIR", help="parent folder of the run folder (overrides train.output_dir)"
     )
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true",
+        help="sets train.keep_checkpoints: keep best.pt and last.pt (resumable) at the end besides model.safetensors",
+    )  # fmt: skip
     add_amp(
         parser, None,
         f"{AMP_HELP}: sets train.amp (left out: the config's; the recipes set auto, but cpu_lite0_cub50 none)",
@@ -80,6 +87,8 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"data.num_workers={args.workers}")
     if args.amp is not None:
         overrides.append(f"train.amp={args.amp}")
+    if getattr(args, "keep_checkpoints", False):
+        overrides.append("train.keep_checkpoints=true")
     if getattr(args, "verbosity", None) == "quiet":
         overrides.append("train.progress=false")
     return overrides
@@ -92,9 +101,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
     overrides = flag_overrides(args) + list(args.overrides)
     if args.resume:
-        if args.config or args.output_dir:
-            raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
-        refuse_resume_overrides(overrides)
+        check_resume_args(args)
         path = Path(args.resume)
         ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
         cfg = apply_overrides(config_of(ckpt, path), overrides)
@@ -105,6 +112,13 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.output_dir:
         overrides.insert(0, f"train.output_dir={args.output_dir}")
     return load_config(args.config, overrides)
+
+
+def check_resume_args(args: argparse.Namespace) -> None:
+    """Refuse what ``--resume`` would ignore or misplace (the checks that need no checkpoint)."""
+    if args.config or args.output_dir:
+        raise ConfigError("--resume continues a run with its own config; leave out --config and --output-dir")
+    refuse_resume_overrides(flag_overrides(args) + list(args.overrides))
 
 
 def check_resumed_classes(path: Path, class_names: list[str] | None, cfg: Config) -> None:
@@ -128,15 +142,24 @@ def main(args: argparse.Namespace) -> int:
     from racnn.checkpoint import CheckpointError, CheckpointWriteError
     from racnn.data import DatasetError
     from racnn.training import NonFiniteLossError, fit, train_baseline
+    from racnn.training.run_record import finished_note
 
+    note = finished_note(args.resume) if args.resume else None
     try:
+        if note is not None:  # a finished run: the options checked as for any resume, then one line, nothing done
+            path = Path(args.resume)
+            check_resume_args(args)
+            if (path / "last.pt" if path.is_dir() else path).is_file():  # kept with train.keep_checkpoints
+                build_config(args)
+            print(f"racnn train: {note}")
+            return 0
         cfg = build_config(args)
         if args.print_config:
             print_config(cfg)
         elif args.baseline:
             print(json.dumps(train_baseline(cfg), indent=2))
         else:
-            fit(cfg, resume=args.resume)
+            fit(cfg, resume=args.resume, command=shlex.join(getattr(args, "command_line", [])) or None)
     except CheckpointWriteError as e:  # disk full, no permission: the run failed, the input was fine
         return fail("racnn train: ", e, code=1)
     except (ConfigError, CheckpointError, FileNotFoundError, DatasetError) as e:

@@ -125,9 +125,10 @@ class TrainConfig:
     fusion: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=1, lr=1e-2))
     fusion_init: str = "classifiers"  # classifiers: fusion heads start as the sum of the scales' classifiers | random
     progress: bool = True  # tqdm bars
-    tensorboard: bool = True  # when the tensorboard package is installed
+    tensorboard: bool = True  # scalars, attention pictures, hyper-parameters, when tensorboard is installed
     visualize: bool = True  # attention grid after each round and curves.png
     keep_phase_checkpoints: bool = False  # also keep last.pt as phase<N>_<kind>.pt at the end of every phase
+    keep_checkpoints: bool = False  # also keep best.pt and last.pt at the end (default: model.safetensors only)
 
 
 @dataclass

@@ -65,13 +65,15 @@ def attention_rows(
     targets: Tensor | Sequence[int] | None = None,
     max_images: int = 8,
     panel_size: int | None = None,
+    answer: str = "fused",
 ) -> list[tuple[Image.Image, AttentionLayout]]:
     """The rows of :func:`attention_grid` (same arguments), each with its
     :class:`racnn.pictures.visualize.AttentionLayout`.
 
     A row is a :func:`racnn.pictures.visualize.draw_attention` picture without legend, titled with the image's number,
     its true class and the model's answer; every caption names a scale and its top-1, marked right or wrong when
-    ``targets`` are given. Heads no phase has trained (``model.trained_heads``) show no answer.
+    ``targets`` are given. Heads no phase has trained (``model.trained_heads``) show no answer. The title's answer is
+    head ``answer`` (the one a run is scored on; the mean of the scales stands in while it is untrained).
     """
     device = next(model.parameters()).device
     views = [images] if isinstance(images, Tensor) else list(images)  # the input, and the source where there is one
@@ -82,7 +84,7 @@ def attention_rows(
     out = eval_forward(model, *views)
     num_scales = len(out.logits)
     trained = getattr(model, "trained_heads", None)
-    answer = answer_head("fused", trained, num_scales)  # "avg" while the fusion heads are untrained
+    answer = answer_head(answer, trained, num_scales)  # "avg" while the fusion heads are untrained
     side = images.shape[-1]
     panel_size = panel_size or max(side, MIN_PANEL)
     zoom = panel_size / side
@@ -121,6 +123,7 @@ def attention_grid(
     max_images: int = 8,
     panel_size: int | None = None,
     title: str = "RA-CNN attention",
+    answer: str = "fused",
 ) -> Image.Image:
     """One :func:`racnn.pictures.visualize.draw_attention` row per image under a title and the legend of box colours.
 
@@ -138,12 +141,16 @@ def attention_grid(
         max_images: the most rows.
         panel_size: side at which the inputs are drawn; default ``max(S, MIN_PANEL)`` so small inputs stay readable.
         title: the picture's headline.
+        answer: the head whose top-1 each row's title gives (a head name of
+            :func:`racnn.modeling.heads.head_names`; ``fused`` by default).
 
     Returns:
         The title and legend, then the rows of :func:`attention_rows` top to bottom
         (:func:`racnn.pictures.visualize.stack_rows`); as wide as the widest row.
     """
-    rows = [row for row, _ in attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size)]
+    rows = [
+        row for row, _ in attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size, answer)
+    ]
     scale_colors = SCALE_COLORS[: getattr(model, "num_scales", len(SCALE_COLORS) + 1) - 1]
     legend, labels = region_legend(getattr(model, "regions", 1), scale_colors)  # by scale, or one colour per region
     return stack_rows(rows, Caption(title), legend, labels)

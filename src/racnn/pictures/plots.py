@@ -124,15 +124,28 @@ def training_curves_figure(history: Sequence[dict[str, Any]]):
         if points := series(key):
             ax_loss.plot(*zip(*points, strict=True), label=name, **_style(name))
     heads = sorted(k.removeprefix("val_top1_") for k in keys if k.startswith("val_top1_"))
+    val = {}  # name -> its (epoch, top-1 %) points
     for head in heads:
         if head == "fused" and num_scales > 1 and all_scales in heads:
             continue  # the same numbers as the all-scale fusion head, drawn under that name
-        name = f"{head} = fused" if head == all_scales else head
         if points := series(f"val_top1_{head}", 100.0):
+            val[f"{head} = fused" if head == all_scales else head] = points
+    titles = ["training loss (mean over the epoch)", "validation top-1 (%), trained heads"]
+    once = {points[0][0] for points in val.values()} if all(len(p) == 1 for p in val.values()) else set()
+    if val and len(once) == 1:  # validated once (train.eval_interval=-1): one bar per head with its value
+        titles[1] = f"validation top-1 (%) of the trained heads at epoch {once.pop()} (validated once)"
+        _value_bars(ax_acc, val)
+    else:
+        for name, points in val.items():
             ax_acc.plot(*zip(*points, strict=True), label=name, **_style(name))
-    titles = ("training loss (mean over the epoch)", "validation top-1 (%), trained heads")
+            if len(points) == 1:  # a lone point: its value beside it
+                ax_acc.annotate(f"{points[0][1]:.1f}", points[0], xytext=(6, 0), textcoords="offset points",
+                                va="center", fontsize=7, color=_style(name)["color"])  # fmt: skip
     width_px = fig.get_figwidth() * fig.dpi * 0.8  # the axes' share of the figure, beside the legends
     for ax, title in zip((ax_loss, ax_acc), titles, strict=True):
+        if ax is ax_acc and val and not ax.get_lines():  # the bars: their own axes, no epochs
+            ax.set_title(title, fontsize=9)
+            continue
         above = _shade_phases(ax, history, width_px)
         if ax is ax_loss and ax.get_lines():
             ax.set_yscale("log")
@@ -143,6 +156,26 @@ def training_curves_figure(history: Sequence[dict[str, Any]]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
+
+
+def _value_bars(ax, val: dict[str, list[tuple[int, float]]]) -> None:
+    """One horizontal bar per head, its value written at its end (the val panel of a run validated once)."""
+    names = sorted(val, key=_head_order)
+    values = [val[name][0][1] for name in names]
+    colours = [_style(name)["color"] for name in names]
+    bars = ax.barh(range(len(names)), values, color=colours, height=0.6)
+    ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=3, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100 * 1.08)
+    ax.set_xlabel("top-1 (%)")
+
+
+def _head_order(name: str) -> tuple[int, int]:
+    """Scales first (s1, s2, ...), then the fusion heads by size, then the mean of the scales."""
+    if re.fullmatch(r"s\d+", name):
+        return (0, int(name[1:]))
+    return (2, 0) if name == "avg" else (1, name.count("+"))
 
 
 def _is_loss(key: str) -> bool:

@@ -1,9 +1,11 @@
 """The whole training run: :func:`fit`.
 
 Owns: :class:`TrainResult` and the run's state and steps (:class:`_Run`): building the model and the data,
-running each phase of the schedule epoch by epoch, evaluating, saving ``last.pt`` / ``best.pt`` / the final
-``model.safetensors``, resuming exactly, logs and pictures. The files it writes and reads back are made by
-:mod:`racnn.training.run_files`.
+running each phase of the schedule epoch by epoch, evaluating, saving ``last.pt`` (with the best weights so far;
+``best.pt`` too with ``train.keep_checkpoints``) and the final ``model.safetensors``, resuming exactly, logs and
+pictures. The files it writes and reads back are made by :mod:`racnn.training.run_files`,
+:mod:`racnn.training.run_record` (``run.json``, ``train.log``) and :mod:`racnn.training.run_outputs` (pictures,
+TensorBoard, the model card and the finished folder); the time left is :mod:`racnn.training.time_left`'s.
 
 May import: everything below it in ``racnn.training`` and the core modules (``racnn.modeling.model``, ``racnn.config``,
 ``racnn.checkpoint``, ``racnn.distributed``, ``racnn.precision``, ``racnn.pictures.model_pictures``,
@@ -18,7 +20,6 @@ import logging
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from racnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from racnn.checkpoint import CheckpointError, save_checkpoint
 from racnn.config import Config, ConfigError, config_to_dict, resolve_device
 from racnn.distributed import (
     DistInfo,
@@ -50,20 +51,24 @@ from racnn.training.loaders import (
 )
 from racnn.training.loop import StepContext
 from racnn.training.run_files import (
+    best_weights,
     epoch_line,
     eta_text,
+    format_duration,
+    interrupted_message,
     load_resume,
     new_run_dir,
     phase_checkpoint,
     phase_label,
     rng_state,
     save_safetensors,
-    seconds_left,
     seed_everything,
     set_rng_state,
     tensorboard_writer,
     write_csv,
 )
+from racnn.training.run_outputs import FINAL_PICTURE, attention_picture, finish_folder, tensorboard_hparams
+from racnn.training.run_record import RunLog, new_run_id, resume_record, session, start_lines, start_record
 from racnn.training.schedule import (
     build_optimizer,
     build_scheduler,
@@ -73,6 +78,7 @@ from racnn.training.schedule import (
     steps_per_epoch,
 )
 from racnn.training.steps import EPOCH_FUNCTIONS
+from racnn.training.time_left import TimeLeft, remaining, validates
 
 log = logging.getLogger(__name__)  # shown by the racnn command; a program using fit() decides for itself
 
@@ -89,12 +95,13 @@ class TrainResult:
     trained_heads: list[str] = field(default_factory=list)
 
 
-def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
+def fit(cfg: Config, resume: str | Path | None = None, *, command: str | None = None) -> TrainResult:
     """Train RA-CNN with the schedule of ``cfg.train`` (see docs/TRAINING.md); under torchrun, with DDP.
 
     Args:
         cfg: the configuration (not modified; the resolved copy is saved in the run folder).
         resume: a run folder (or its ``last.pt``) to continue exactly where its last completed epoch ended.
+        command: the command line ``run.json`` records (default: this process's ``sys.argv``).
 
     Returns:
         :class:`TrainResult`. ``Ctrl-C`` raises ``KeyboardInterrupt`` after saying how to resume.
@@ -109,7 +116,7 @@ def fit(cfg: Config, resume: str | Path | None = None) -> TrainResult:
     run = None
     try:
         try:
-            run = _Run(copy.deepcopy(cfg), device, dist_info, resume, precision)
+            run = _Run(copy.deepcopy(cfg), device, dist_info, resume, precision, command)
         except ValueError as e:  # a backbone, data set option or class count that does not fit: the config's fault
             raise e if isinstance(e, (ConfigError, CheckpointError)) else ConfigError(str(e)) from e
         return run.train()
@@ -127,7 +134,13 @@ class _Run:
     """The state of one training run and the steps of its loop, each a short method."""
 
     def __init__(
-        self, cfg: Config, device: torch.device, dist_info: DistInfo, resume: str | Path | None, precision: Precision
+        self,
+        cfg: Config,
+        device: torch.device,
+        dist_info: DistInfo,
+        resume: str | Path | None,
+        precision: Precision,
+        command: str | None = None,
     ) -> None:
         self.cfg, self.device, self.dist = cfg, device, dist_info
         self.precision = precision
@@ -140,6 +153,8 @@ class _Run:
         self.model, self.mean, self.std = self._build_model(ckpt)
         self.train_set, self.val_set, self.test_set = build_datasets(cfg, self.mean, self.std)
         self.class_names = class_names_of(self.test_set, cfg.model.num_classes)
+        val_size = len(self.val_set) if self.val_set is not None else None
+        self.splits = {"train": len(self.train_set), "val": val_size, "test": len(self.test_set)}
         self.train_loader, self.sampler = make_train_loader(
             self.train_set, cfg.data.batch_size, seed=cfg.train.seed, num_workers=cfg.data.num_workers,
             dist_info=dist_info, pin_memory=device.type == "cuda",
@@ -167,16 +182,23 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
         self.resume_ckpt = ckpt
+        self.run_id = (ckpt or {}).get("run_id") or new_run_id()  # a run from before run ids gets one now
         if ckpt is not None:
             self.run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
             self.state.update(ckpt["state"])
             self.history = list(ckpt["state"]["history"])
             self.metrics = dict(ckpt["state"]["metrics"])
-            self.best_model = _best_weights(self.run_dir)
+            self.best_model = best_weights(self.run_dir, ckpt)
         else:
             self.run_dir = new_run_dir(cfg, dist_info)
         self.writer = tensorboard_writer(self.run_dir, cfg.train.tensorboard and self.main)
         self.model.trained_heads = self.state["trained"]  # the same list, grown as phases end
+        self.pace = TimeLeft(cfg.data.batch_size)
+        self.run_log, self.record = None, {}
+        if self.main:
+            self.run_log = RunLog(self.run_dir)
+            now = session(device, self.splits, "fp32" if precision.amp == "none" else precision.amp, command)
+            self.record = (resume_record if ckpt is not None else start_record)(self.run_dir, self.run_id, now)
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -211,10 +233,13 @@ class _Run:
         if self.main:
             log.info(f"run folder: {self.run_dir}  ({len(self.schedule)} phases, device {self.device})")
             log.info(self.precision.describe())
+            for line in start_lines(self.cfg.data.dataset, self.cfg.model.num_classes, self.splits):
+                log.info(line)
         batches, steps = steps_per_epoch(self.train_loader, self.cfg.train)
         phases = " -> ".join(kind for kind, _, _ in self.schedule)
         log.debug(f"{batches} batches and {steps} optimiser steps per epoch; phases: {phases}")
-        self.pace = (time.perf_counter(), 0)  # (when this process started training, optimiser steps run since)
+        self.started = self.clock = time.perf_counter()  # this session's start; the last epoch's end
+        self.seconds_before = float(self.state.get("seconds", 0.0))  # earlier sessions of a resumed run
         try:
             for index in range(self.state["phase_index"], len(self.schedule)):
                 self._run_phase(index)
@@ -222,11 +247,13 @@ class _Run:
             self._finish()
         except KeyboardInterrupt:
             if self.main:
-                log.warning(self._interrupted_message())
+                log.warning(interrupted_message(self.run_dir))
             raise
         finally:
             if self.writer is not None:
                 self.writer.close()
+            if self.run_log is not None:
+                self.run_log.close()
         return TrainResult(self.run_dir, self.metrics, self.history, list(self._chosen_trained()))
 
     def _run_phase(self, index: int) -> None:
@@ -293,25 +320,36 @@ class _Run:
         row = {"phase": kind, "phase_index": index, "round": round_index, "epoch": epoch + 1}
         row["global_epoch"] = self.state["global_epoch"]
         row.update({f"train_{k}": v for k, v in stats.items()})
-        final = last and index + 1 == len(self.schedule)
-        if final or (last and interval >= 0) or (interval > 0 and (epoch + 1) % interval == 0):
+        val_seconds = 0.0  # none: no pass to time (the time left counts the passes that ran)
+        if validates(epoch + 1, phase.epochs, index + 1 == len(self.schedule), interval):
+            val_seconds = -time.perf_counter()
             row.update(self._validate())
+            val_seconds += time.perf_counter()
+        eta = self._eta(index, epoch + 1, int(stats["steps"]), val_seconds, row)
         self.history.append(row)
         if self.main:
-            log.info(f"{epoch_line(row)} | {self._eta(index, epoch + 1, int(stats['steps']))}")
+            log.info(f"{epoch_line(row)} | {eta}")
             self._write_logs(row)
         if last:  # a resume continues with the next phase and its fresh optimiser
             self.state.update(phase_index=index + 1, epoch=0)
             optimizer = scheduler = None
         self._save(optimizer, scheduler, row)
 
-    def _eta(self, index: int, epochs_done_in_phase: int, steps: int) -> str:
-        """Where the run stands and its time left, at the pace of the steps this process has run."""
-        started, steps_run = self.pace
-        self.pace = (started, steps_run + steps)
-        done, total = run_position(self.schedule, index, epochs_done_in_phase)
+    def _eta(self, index: int, epochs_done: int, steps: int, val_seconds: float, row: dict[str, Any]) -> str:
+        """Where the run stands and its time left (:class:`TimeLeft`: each phase kind at its own pace, the
+        validation passes to come and the test pass); records ``elapsed_s`` and ``time_left_s`` in ``row``."""
+        now = time.perf_counter()
+        self.pace.trained(self.schedule[index][0], now - self.clock - val_seconds, steps)
+        if val_seconds > 0 and "val" in self.eval_loaders:
+            self.pace.evaluated(val_seconds, len(self.val_set))
+        self.clock = now
         _, per_epoch = steps_per_epoch(self.train_loader, self.cfg.train)
-        left = seconds_left(time.perf_counter() - started, steps_run + steps, (total - done) * per_epoch)
+        phases = [(kind, phase.epochs) for kind, phase, _ in self.schedule]
+        epochs_to_go, validations = remaining(phases, index, epochs_done, self.cfg.train.eval_interval)
+        images = validations * (self.splits["val"] or 0) + self.splits["test"]
+        left = self.pace.estimate([(kind, n * per_epoch) for kind, n in epochs_to_go], images)
+        row.update(elapsed_s=round(self.seconds_before + now - self.started, 2), time_left_s=left)
+        done, total = run_position(self.schedule, index, epochs_done)
         return eta_text(done, total, left)
 
     def _mark_trained(self, kind: str) -> None:
@@ -351,11 +389,16 @@ class _Run:
         if self.best_model is not None:
             last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.best_model)
-        self.metrics = self._evaluate("test", self.run_dir if self.main else None, self._chosen_trained())
-        self.metrics["chosen_epoch"] = self.state.get("best_epoch", self.state["global_epoch"])
+        trained = self._chosen_trained()
+        self.metrics = self._evaluate("test", self.run_dir if self.main else None, trained)
+        self.metrics["chosen_epoch"] = chosen = self.state.get("best_epoch", self.state["global_epoch"])
         if self.main:
             path = self.run_dir / "model.safetensors"
-            save_safetensors(self.model, self.cfg, self.class_names, path, self._chosen_trained())
+            save_safetensors(self.model, self.cfg, self.class_names, path, trained, self.run_id)
+            if self.cfg.train.visualize:
+                after = "after fusion" if "fused" in trained else "before fusion"
+                title = f"RA-CNN attention of the tested model (epoch {chosen}, {after})"
+                self._attention_picture(title, FINAL_PICTURE, trained)
         if last is not None:  # the model object ends as trained, as last.pt holds it
             self.model.load_state_dict(last)
 
@@ -364,24 +407,15 @@ class _Run:
         following = self.schedule[index + 1] if index + 1 < len(self.schedule) else None
         round_over = kind in ("apn_pretrain", "cls", "apn") and (following is None or following[2] != round_index)
         if round_over and self.main and self.cfg.train.visualize:
-            self._attention_picture(round_index)
+            title = f"RA-CNN attention after round {round_index}"
+            self._attention_picture(title, f"attention_round{round_index}.png")
 
-    def _attention_picture(self, round_index: int) -> None:
-        try:
-            from racnn.pictures.model_pictures import attention_grid
-        except ImportError as e:
-            warnings.warn(
-                f"attention pictures skipped: racnn.pictures.model_pictures is not available ({e})", stacklevel=2
-            )
-            return
+    def _attention_picture(self, title: str, name: str, trained: list[str] | None = None) -> None:
+        """The first 8 val images (training images without a val split), captioned with the head the run is scored
+        on (``train.best_metric``'s), to ``name`` in the folder and to TensorBoard."""
         shown = self.val_set if self.val_set is not None else self.train_set
-        count = min(8, len(shown))
-        items = [shown[i] for i in range(count)]
-        images = default_collate([item[0] for item in items])  # a tensor, or [input, source] (data.source_size)
-        targets = [int(item[1]) for item in items]
-        title = f"RA-CNN attention after round {round_index}"
-        grid = attention_grid(self.model, images, self.mean, self.std, self.class_names, targets=targets, title=title)
-        grid.save(self.run_dir / f"attention_round{round_index}.png")
+        drawn = (self.mean, self.std, self.class_names, title, self._selected_head(trained), self.run_dir / name)
+        attention_picture(self.model, shown, *drawn, self.writer, self.state["global_epoch"])
 
     # -- output ------------------------------------------------------------------------------------------
 
@@ -411,8 +445,11 @@ class _Run:
             self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         if not self.main:
             return
+        self.state["seconds"] = self.seconds_before + time.perf_counter() - self.started
         state = {**self.state, "history": self.history, "metrics": scalar_metrics(self.metrics)}
+        current = self.state.get("best_epoch") == self.state["global_epoch"]  # the best weights are the model's
         payload = {
+            "run_id": self.run_id,
             "config": config_to_dict(self.cfg),
             "class_names": self.class_names,
             "trained_heads": list(self.state["trained"]),
@@ -422,13 +459,15 @@ class _Run:
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
+            "best_model": None if current or self.best_model is None else self.best_model,
         }
         save_checkpoint(self.run_dir / "last.pt", payload)
         if self.cfg.train.keep_phase_checkpoints and payload["optimizer"] is None:  # the epoch ended its phase
             index = self.state["phase_index"] - 1
             shutil.copyfile(self.run_dir / "last.pt", phase_checkpoint(self.run_dir, self.schedule, index))
-        if improved or keep_last:
-            best = {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
+        if self.cfg.train.keep_checkpoints and (improved or keep_last):
+            resume_only = ("optimizer", "scheduler", "scaler", "rng", "best_model")
+            best = {k: v for k, v in payload.items() if k not in resume_only}
             save_checkpoint(self.run_dir / "best.pt", best)
 
     def _finish(self) -> None:
@@ -442,7 +481,12 @@ class _Run:
             else "the last model (no val split to choose on)"
         )
         log.info(f"test top-1 ({how}): " + "  ".join(f"{k} {100 * v:.2f}" for k, v in top.items()))
-        log.info(f"done: {self.run_dir}")
+        seconds = self.seconds_before + time.perf_counter() - self.started
+        if self.writer is not None:
+            tensorboard_hparams(self.writer, self.cfg, scalar_metrics(self.metrics), list(trained))
+        finish_folder(self.run_dir, self.cfg, self.record, scalar_metrics(self.metrics), list(trained), seconds)
+        kept = "best.pt, last.pt, " if self.cfg.train.keep_checkpoints else ""
+        log.info(f"done in {format_duration(seconds)[1:]}: {self.run_dir} ({kept}model.safetensors, README.md)")
 
     def _chosen_trained(self) -> list[str]:
         """The heads trained in the model that is tested and shipped (the one chosen on val, else the last)."""
@@ -451,17 +495,3 @@ class _Run:
             if self.best_model is not None
             else self.state["trained"]
         )
-
-    def _interrupted_message(self) -> str:
-        if not (self.run_dir / "last.pt").is_file():
-            return "interrupted before the first epoch completed; nothing to resume"
-        return (
-            f"interrupted: the last completed epoch is saved in {self.run_dir / 'last.pt'} (the epoch in "
-            f"progress is not); continue with:\n  racnn train --resume {self.run_dir}"
-        )
-
-
-def _best_weights(run_dir: Path) -> dict[str, Any] | None:
-    """The weights of ``run_dir/best.pt``, if a resumed run had chosen one."""
-    path = run_dir / "best.pt"
-    return load_checkpoint(path)["model"] if path.is_file() else None

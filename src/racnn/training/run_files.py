@@ -1,11 +1,12 @@
 """The files of a training run and the lines it logs.
 
 Owns: the run folder (``output_dir/name``, never an existing one), a branch off another run's phase checkpoint
-(:func:`branch_run`), reading a resume checkpoint, the random
+(:func:`branch_run`), reading a resume checkpoint (and the best weights it carries), the random
 states saved in it, ``metrics.csv``, the TensorBoard writer, ``model.safetensors``, the epoch line, the run's
 time left (:func:`eta_text`) and the phase label of progress messages.
 
-May import: numpy, torch, safetensors, ``racnn.checkpoint``, ``racnn.config`` and ``racnn.distributed``.
+May import: numpy, torch, safetensors, ``racnn.checkpoint``, ``racnn.config``, ``racnn.distributed`` and
+``racnn.training.run_record``.
 """
 
 from __future__ import annotations
@@ -26,18 +27,11 @@ from racnn.distributed import (
     DistInfo,
 )
 from racnn.safety import describe_os_error, share_like_open
+from racnn.training.run_record import RunFinishedError, check_identity, finished_note, new_run_id, now, write_record
 
 
 def phase_label(index: int, count: int, kind: str, round_index: int) -> str:
     return f"phase {index + 1}/{count} '{kind}'" + (f" (round {round_index})" if kind in ("cls", "apn") else "")
-
-
-def seconds_left(elapsed: float, steps_done: int, steps_to_go: int) -> float | None:
-    """The run's time left at its pace so far: ``elapsed`` seconds (training, validation, checkpoints) over
-    ``steps_done`` optimiser steps, times the ``steps_to_go`` left in the schedule; None before the first step."""
-    if steps_done <= 0:
-        return None
-    return elapsed / steps_done * max(steps_to_go, 0)
 
 
 def format_duration(seconds: float) -> str:
@@ -52,9 +46,19 @@ def format_duration(seconds: float) -> str:
 def eta_text(epochs_done: int, epochs_total: int, seconds: float | None) -> str:
     """``"epoch 3/12 of the run, ~4 min left"``: where the run stands across all its phases."""
     where = f"epoch {epochs_done}/{epochs_total} of the run"
-    if epochs_done >= epochs_total:
-        return f"{where}, testing next"
+    if epochs_done >= epochs_total:  # the test pass is what is left
+        return f"{where}, testing next" + (f", {format_duration(seconds)} left" if seconds else "")
     return where if seconds is None else f"{where}, {format_duration(seconds)} left"
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What ``Ctrl-C`` prints: where the last completed epoch is and how to continue."""
+    if not (run_dir / "last.pt").is_file():
+        return "interrupted before the first epoch completed; nothing to resume"
+    return (
+        f"interrupted: the last completed epoch is saved in {run_dir / 'last.pt'} (the epoch in "
+        f"progress is not); continue with:\n  racnn train --resume {run_dir}"
+    )
 
 
 def epoch_line(row: dict[str, Any]) -> str:
@@ -131,6 +135,11 @@ def _made(run_dir: Path, output_dir: str) -> bool:
 
 
 def load_resume(resume: str | Path) -> dict[str, Any]:
+    """The resume checkpoint of ``resume`` (a run folder's ``last.pt``, or the file given), checked to be a
+    training checkpoint with an intact state, written by the run of its folder (:func:`check_identity`)."""
+    note = finished_note(resume)
+    if note is not None:
+        raise RunFinishedError(note)
     path = Path(resume)
     path = path / "last.pt" if path.is_dir() else path
     ckpt = load_checkpoint(path)
@@ -140,7 +149,21 @@ def load_resume(resume: str | Path) -> dict[str, Any]:
     problem = _state_problem(ckpt)
     if problem:
         raise ConfigError(f"{path}: its training state is damaged ({problem}); resume from an intact last.pt")
+    check_identity(path.parent, path, ckpt)
     return ckpt
+
+
+def best_weights(run_dir: Path, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The weights a resumed run had chosen on val so far: ``last.pt``'s ``best_model`` (its own ``model`` when
+    the best epoch is its epoch); from a ``last.pt`` older than that entry, ``run_dir/best.pt``'s. None: none
+    chosen yet."""
+    if "best_model" not in ckpt:
+        path = run_dir / "best.pt"
+        return load_checkpoint(path)["model"] if path.is_file() else None
+    if ckpt["best_model"] is not None:
+        return ckpt["best_model"]
+    state = ckpt["state"]
+    return ckpt["model"] if state.get("best") is not None and state.get("best_epoch") == state["global_epoch"] else None
 
 
 def _state_problem(ckpt: dict[str, Any]) -> str | None:
@@ -189,14 +212,23 @@ def set_rng_state(rng: dict[str, Any]) -> None:
 
 
 def save_safetensors(
-    model: nn.Module, cfg: Config, class_names: list[str], path: Path, trained_heads: list[str] | None = None
+    model: nn.Module,
+    cfg: Config,
+    class_names: list[str],
+    path: Path,
+    trained_heads: list[str] | None = None,
+    run_id: str | None = None,
 ) -> None:
+    """The model's weights with racnn's metadata (JSON ``config``, ``class_names``, ``trained_heads``; the run's
+    ``run_id``), written whole or not at all."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "racnn", "config": json.dumps(config_to_dict(cfg)), "class_names": json.dumps(class_names)}
     if trained_heads is not None:
         metadata["trained_heads"] = json.dumps(trained_heads)
+    if run_id is not None:
+        metadata["run_id"] = run_id
     tmp = path.with_suffix(".tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -226,7 +258,11 @@ def branch_run(checkpoint: Path, cfg: Config, out_dir: Path) -> Path:
     """
     ckpt = load_checkpoint(checkpoint)
     ckpt["state"]["best"] = None
+    ckpt["best_model"] = None
+    ckpt["run_id"] = new_run_id()  # a run of its own: run.json and its checkpoints carry the new id
+    ckpt["config"] = config_to_dict(cfg)  # what the branch runs (and its config.yaml says)
     out_dir = _claim(out_dir, str(out_dir.parent))
     save_config(cfg, out_dir / "config.yaml")
+    write_record(out_dir, {"run_id": ckpt["run_id"], "started": now(), "branched_from": str(checkpoint)})
     save_checkpoint(out_dir / "last.pt", ckpt)
     return out_dir
