@@ -70,5 +70,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
     for key, value in single.items():
         if key.startswith(("top1", "top5", "box_in_object", "n_")):
             assert distributed[key] == value, key  # counts: exactly equal
+        elif "_std" in key or "_corr_" in key:  # from sums of squares: the order's rounding is amplified where the
+            assert distributed[key] == pytest.approx(value, abs=1e-3), key  # values barely vary (a side std of 1e-4)
         else:
             assert distributed[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key  # float sums: other order

@@ -903,13 +903,15 @@ def test_every_annotation_value_is_checked_naming_its_file_and_line(tmp_path, fi
         build_dataset("cub", root, "train")
 
 
-def test_a_box_past_its_image_is_reported_and_boxes_are_counted(tmp_path, capsys):
+def test_a_box_past_its_image_is_noted_and_boxes_are_counted(tmp_path, capsys):
     root = make_cub(tmp_path / "CUB_200_2011")
     _replace_line(root / "bounding_boxes.txt", 3, "3 1.0 2.0 500.0 8.0")
-    assert main(["data", "verify", "--dataset", "cub", "--root", str(root)]) == 1
+    # official CUB has such boxes (two in the 25-class subset): a note, not a failure; racnn clips them where used
+    assert main(["data", "verify", "--dataset", "cub", "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "Object boxes: found for 12 of 12 images" in out
+    assert "Object boxes: found for 12 of 12 images" in out and "Notes (1, not problems):" in out
     assert "bounding_boxes.txt line 3: " in out and "box x=1 y=2 w=500 h=8 reaches past the image" in out
+    assert "Result: OK" in out
     bare = make_cub(tmp_path / "bare" / "CUB_200_2011", boxes=False)
     assert main(["data", "verify", "--dataset", "cub", "--root", str(bare)]) == 0
     assert "Object boxes: none" in capsys.readouterr().out

@@ -61,6 +61,8 @@ class VerifyReport:
         bad_files: ``{path: reason}`` of images that failed to open or decode.
         boxes: ``(images with an object box, images)`` over the splits checked; ``None`` for a layout without
             object boxes.
+        notes: things worth knowing that do not fail the check, one line each (an object box that reaches past
+            its image: official CUB has a few; racnn clips a box to its image wherever it uses one).
     """
 
     name: str
@@ -70,6 +72,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     bad_files: dict[str, str] = field(default_factory=dict)
     boxes: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -106,6 +109,9 @@ class VerifyReport:
             lines.append("Bad files: none")
         found = f"found for {self.boxes[0]} of {self.boxes[1]} images" if self.boxes and self.boxes[0] else "none"
         lines.append(f"Object boxes: {found}")
+        if self.notes:
+            lines.append(f"Notes ({len(self.notes)}, not problems):")
+            lines += [f"  - {printable(n, keep_newlines=True)}" for n in self.notes]
         if self.problems:
             lines.append(f"Problems ({len(self.problems)}):")
             lines += [f"  - {printable(p, keep_newlines=True)}" for p in self.problems]
@@ -197,7 +203,8 @@ def verify_dataset(
 
 
 def _count_boxes(report: VerifyReport, dataset: Any, workers: int) -> None:
-    """Adds the split's object boxes to ``report.boxes`` and a problem for each box that leaves its image."""
+    """Adds the split's object boxes to ``report.boxes`` and a note for each box that reaches past its image (used
+    clipped to the image: official CUB has a few such boxes, so they are not problems)."""
     boxes = getattr(dataset, "boxes", None)
     if boxes is None:
         return
@@ -211,8 +218,9 @@ def _count_boxes(report: VerifyReport, dataset: Any, workers: int) -> None:
         x, y, w, h = box
         if x + w > width + 2 or y + h > height + 2:  # slack for boxes rounded outward (CUB has 2 px overruns)
             where = f"bounding_boxes.txt line {line}" if line else "object box"
-            report.problems.append(
-                f"{where}: {path}: box x={x:g} y={y:g} w={w:g} h={h:g} reaches past the image ({width:g} x {height:g})"
+            report.notes.append(
+                f"{where}: {path}: box x={x:g} y={y:g} w={w:g} h={h:g} reaches past the image ({width:g} x "
+                f"{height:g}); used clipped to it"
             )
 
 
