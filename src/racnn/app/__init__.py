@@ -10,7 +10,7 @@ proxy); posts from pages of other origins are refused unless --allow-cross-origi
 Needs the app extra: pip install 'racnn[app]'.
 
 Example:
-  racnn app --checkpoint runs/cub/best.pt            # then open http://127.0.0.1:8000/
+  racnn app --checkpoint runs/cub                    # then open http://127.0.0.1:8000/
   curl -F file=@bird.jpg http://127.0.0.1:8000/predict
 """
 

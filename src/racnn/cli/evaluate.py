@@ -12,8 +12,7 @@ chooses another precision; --format markdown | csv | latex | json prints the tab
 the table then; what was used goes to stderr, and into the JSON).
 
 examples:
-  racnn eval --checkpoint runs/racnn/best.pt
-  racnn eval --checkpoint runs/racnn                 the run folder: its best.pt (else model.safetensors, last.pt)
+  racnn eval --checkpoint runs/racnn                 the run folder: its model.safetensors (best.pt when kept)
   racnn eval --checkpoint runs/racnn --format markdown > results.md
   racnn eval --checkpoint best.pt --set data.root=/data/CUB_200_2011 --device cpu -b 32 -j 4 --out eval_cub
 

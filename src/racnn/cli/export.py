@@ -19,7 +19,7 @@ the comparison; an ONNX export without onnxruntime installed is written unchecke
 that an error).
 
 Example:
-  racnn export --checkpoint runs/cub/best.pt --format onnx --out racnn.onnx
+  racnn export --checkpoint runs/cub --format onnx --out racnn.onnx
 """
 
 # The exporting itself is racnn.inference.export (torch); this module holds the command, and imports it only in

@@ -33,8 +33,8 @@ AMP_HELP = (
     "else fp32), none (fp32), bf16, fp16 (CUDA)"
 )
 CHECKPOINT_HELP = (
-    "a run's best.pt, last.pt or model.safetensors, or the run folder (its best.pt, else the others), a folder "
-    "written by racnn.save_pretrained, or hf-hub:owner/name (the Hugging Face Hub or its cache)"
+    "a run folder (its model.safetensors; best.pt first when kept), a run's best.pt, last.pt or model.safetensors, "
+    "a folder written by racnn.save_pretrained, or hf-hub:owner/name (the Hugging Face Hub or its cache)"
 )
 
 

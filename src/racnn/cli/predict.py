@@ -10,8 +10,8 @@ others are still classified. Exit status: 0 all images classified, 1 some failed
 checkpoint that cannot be loaded).
 
 Example:
-  racnn predict --checkpoint runs/cub/best.pt photos/ --topk 3 --save-viz viz/
-  racnn predict --checkpoint runs/cub/best.pt photos/ --json --device cpu -b 32 -j 4 > answers.jsonl
+  racnn predict --checkpoint runs/cub photos/ --topk 3 --save-viz viz/
+  racnn predict --checkpoint runs/cub photos/ --json --device cpu -b 32 -j 4 > answers.jsonl
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Python inference API: ``racnn.load(checkpoint) -> Predictor``, ``Predictor.predict(images) -> [Prediction]``.
 
->>> predictor = racnn.load("runs/cub/best.pt")
+>>> predictor = racnn.load("runs/cub")
 >>> [p] = predictor.predict("bird.jpg", topk=3)
 >>> p.top.name, p.top.prob, p.boxes  # fused class, its probability, attention boxes in bird.jpg's pixels
 
@@ -471,9 +471,9 @@ def load(checkpoint: str | os.PathLike, device: str | torch.device = "auto", amp
     """Load a checkpoint for inference.
 
     Args:
-        checkpoint: a run's ``best.pt`` or ``last.pt`` (loaded with ``weights_only=True``: no code in it runs), its
-            ``model.safetensors``, or the run folder (its best.pt, else model.safetensors, else last.pt; the
-            predictor's ``source`` names the file read); a folder written by :func:`racnn.save_pretrained`; or
+        checkpoint: a run folder (its best.pt when kept, else model.safetensors, else last.pt; the
+            predictor's ``source`` names the file read), one of those files (``.pt`` loaded with
+            ``weights_only=True``: no code in it runs); a folder written by :func:`racnn.save_pretrained`; or
             ``"hf-hub:owner/name"`` (``@revision`` optional): that folder on the Hugging Face Hub, downloaded into
             its cache or found there (``HF_HUB_OFFLINE=1`` reads the cache only).
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
