@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from racnn.config import Config, ConfigError, config_from_dict
+from racnn.config import Config, ConfigError, config_from_dict, config_to_dict
 from racnn.safety import describe_os_error, share_like_open
 
 __all__ = [
+    "save_model_file",
     "CheckpointError",
     "CheckpointWriteError",
     "FORMAT",
@@ -73,6 +74,45 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def save_model_file(
+    model: torch.nn.Module,
+    cfg: Config,
+    class_names: list[str],
+    path: str | Path,
+    trained_heads: list[str] | None = None,
+    run_id: str | None = None,
+) -> Path:
+    """``model.safetensors``: the weights in float32 (whatever precision the model runs in) with racnn's metadata
+    (JSON ``config``, ``class_names``, ``trained_heads``; a run's ``run_id``), written whole or not at all. What
+    training leaves in a run folder and :func:`racnn.save_pretrained` shares; :func:`load_model` reads it.
+
+    Raises:
+        CheckpointWriteError: the file could not be written (the reason in words; an older file stays).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {
+        key: (value.detach().float() if value.is_floating_point() else value.detach()).cpu().contiguous()
+        for key, value in model.state_dict().items()
+    }
+    metadata = {"format": "racnn", "config": json.dumps(config_to_dict(cfg)), "class_names": json.dumps(class_names)}
+    if trained_heads is not None:
+        metadata["trained_heads"] = json.dumps(list(trained_heads))
+    if run_id is not None:
+        metadata["run_id"] = run_id
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        share_like_open(tmp)  # safetensors writes 0600
+        tmp.replace(path)
+    except Exception as e:  # a full disk is a SafetensorError with no errno; say it in words, keep the old file
+        tmp.unlink(missing_ok=True)
+        needed = sum(v.numel() * v.element_size() for v in tensors.values())
+        raise CheckpointWriteError(write_failure(path, e, needed)) from e
     return path
 
 

@@ -22,10 +22,9 @@ from typing import Any
 
 from torch import nn
 
-from racnn.checkpoint import CheckpointError, load_model
+from racnn.checkpoint import CheckpointError, load_model, save_model_file
 from racnn.config import Config, config_to_dict
 from racnn.modeling.heads import fusion_name, is_trained
-from racnn.safety import share_like_open
 
 __all__ = [
     "HUB_PREFIX",
@@ -173,28 +172,13 @@ def write_pretrained(
     Returns:
         ``folder``.
     """
-    from safetensors.torch import save_file
-
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model of {model.num_classes} classes")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     trained = getattr(model, "trained_heads", None)
     stored = config_to_dict(config)
-    tensors = {
-        key: (value.detach().float() if value.is_floating_point() else value.detach()).cpu().contiguous()
-        for key, value in model.state_dict().items()
-    }
-    metadata = {"format": "racnn", "config": json.dumps(stored), "class_names": json.dumps(list(class_names))}
-    if trained is not None:
-        metadata["trained_heads"] = json.dumps(list(trained))
-    tmp = folder / ".model.safetensors.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        share_like_open(tmp)  # safetensors writes 0600
-        tmp.replace(folder / "model.safetensors")
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_model_file(model, config, list(class_names), folder / "model.safetensors", trained)
     readable = {"library": "racnn", "config": stored, "class_names": list(class_names), "trained_heads": trained}
     (folder / "config.json").write_text(json.dumps(readable, indent=2) + "\n", encoding="utf-8")
     (folder / "README.md").write_text(card(config, list(class_names), trained, metrics), encoding="utf-8")

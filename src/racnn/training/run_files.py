@@ -12,7 +12,6 @@ May import: numpy, torch, safetensors, ``racnn.checkpoint``, ``racnn.config``, `
 from __future__ import annotations
 
 import csv
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from racnn.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, write_failure
+from racnn.checkpoint import load_checkpoint, save_checkpoint, save_model_file
 from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
 )
-from racnn.safety import describe_os_error, share_like_open
+from racnn.safety import describe_os_error
 from racnn.training.run_record import RunFinishedError, check_identity, finished_note, new_run_id, now, write_record
 
 
@@ -219,26 +218,8 @@ def save_safetensors(
     trained_heads: list[str] | None = None,
     run_id: str | None = None,
 ) -> None:
-    """The model's weights with racnn's metadata (JSON ``config``, ``class_names``, ``trained_heads``; the run's
-    ``run_id``), written whole or not at all."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "racnn", "config": json.dumps(config_to_dict(cfg)), "class_names": json.dumps(class_names)}
-    if trained_heads is not None:
-        metadata["trained_heads"] = json.dumps(trained_heads)
-    if run_id is not None:
-        metadata["run_id"] = run_id
-    tmp = path.with_suffix(".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        share_like_open(tmp)  # safetensors writes 0600
-        tmp.replace(path)
-    except Exception as e:  # a full disk is a SafetensorError with no errno; say it in words, keep the old file
-        needed = sum(t.numel() * t.element_size() for t in tensors.values())
-        reason = write_failure(path, e, needed)
-        tmp.unlink(missing_ok=True)
-        raise CheckpointWriteError(reason) from e
+    """The run's ``model.safetensors``: :func:`racnn.checkpoint.save_model_file`."""
+    save_model_file(model, cfg, class_names, path, trained_heads, run_id)
 
 
 def phase_checkpoint(run_dir: Path, schedule: list[tuple[str, Any, int]], index: int) -> Path:
