@@ -9,7 +9,7 @@ from PIL import Image
 
 from picture_helpers import colours, edge_pixels
 from racnn.modeling.model import RACNN
-from racnn.pictures.model_pictures import attention_grid, attention_rows
+from racnn.pictures.model_pictures import OBJECT_COLOR, attention_grid, attention_rows
 from racnn.pictures.visualize import GAP, MIN_PANEL, RIGHT_COLOR, ROW_GAP, SCALE_COLORS, WRONG_COLOR
 
 
@@ -99,3 +99,20 @@ def test_attention_grid_leaves_an_eval_model_in_eval():
     grid = attention_grid(model, torch.randn(2, 3, 32, 32), model.mean, model.std, ["x", "y"])
     assert not any(m.training for m in model.modules())
     assert grid.width == MIN_PANEL + GAP + MIN_PANEL
+
+
+def test_the_annotated_box_is_drawn_and_listed_in_the_legend():
+    torch.manual_seed(0)
+    model = RACNN(num_classes=3, num_scales=2, input_size=32, zoom_size=32, apn_pool=2, apn_hidden=8).eval()
+    images = torch.zeros(2, 3, 32, 32)  # grey after denormalising
+    boxes = torch.tensor([[0.25, 0.25, 0.75, 0.75], [float("nan")] * 4])
+    plain = attention_grid(model, images, [0.5] * 3, [0.5] * 3, ["a", "b", "c"])
+    marked = attention_grid(model, images, [0.5] * 3, [0.5] * 3, ["a", "b", "c"], object_boxes=boxes)
+    assert marked.size[1] >= plain.size[1] and not np.array_equal(np.asarray(marked), np.asarray(plain))
+    rows = attention_rows(model, images, [0.5] * 3, [0.5] * 3, ["a", "b", "c"], object_boxes=boxes)
+    bare = attention_rows(model, images, [0.5] * 3, [0.5] * 3, ["a", "b", "c"])
+    first, first_bare = np.asarray(rows[0][0]), np.asarray(bare[0][0])
+    second, second_bare = np.asarray(rows[1][0]), np.asarray(bare[1][0])
+    magenta = np.array(OBJECT_COLOR)
+    assert (first == magenta).all(-1).sum() > 50 and (first_bare == magenta).all(-1).sum() == 0  # the box on image 1
+    assert (second == second_bare).all()  # image 2's box is unknown: nothing drawn

@@ -33,7 +33,7 @@ from racnn.pictures.visualize import (
     tensor_to_pil,
 )
 
-__all__ = ["attention_grid", "attention_rows", "eval_forward"]
+__all__ = ["OBJECT_COLOR", "attention_grid", "attention_rows", "draw_object_box", "eval_forward"]
 
 
 def _class_name(class_names: Sequence[str], index: int) -> str:
@@ -66,6 +66,7 @@ def attention_rows(
     max_images: int = 8,
     panel_size: int | None = None,
     answer: str = "fused",
+    object_boxes: Tensor | None = None,
 ) -> list[tuple[Image.Image, AttentionLayout]]:
     """The rows of :func:`attention_grid` (same arguments), each with its
     :class:`racnn.pictures.visualize.AttentionLayout`.
@@ -74,10 +75,15 @@ def attention_rows(
     its true class and the model's answer; every caption names a scale and its top-1, marked right or wrong when
     ``targets`` are given. Heads no phase has trained (``model.trained_heads``) show no answer. The title's answer is
     head ``answer`` (the one a run is scored on; the mean of the scales stands in while it is untrained).
+    ``object_boxes`` (``(B, 4)`` normalised xyxy in the input, NaN rows unknown) are drawn on the input in
+    :data:`OBJECT_COLOR`: the annotated box the attention is scored against.
     """
     device = next(model.parameters()).device
-    views = [images] if isinstance(images, Tensor) else list(images)  # the input, and the source where there is one
-    views = [view[:max_images].to(device) for view in views]
+    if isinstance(images, dict):  # the oracle-zoom control's items: the input, the source or None, the object box
+        views = [images["images"], images.get("source"), images["first_boxes"]]
+    else:  # the input, and the source where there is one
+        views = [images] if isinstance(images, Tensor) else list(images)
+    views = [None if view is None else view[:max_images].to(device) for view in views]
     images = views[0]
     if images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"expected a non-empty (B, 3, S, S) batch, got shape {tuple(images.shape)}")
@@ -103,6 +109,8 @@ def attention_rows(
     rows = []
     for i in range(images.shape[0]):
         picture = tensor_to_pil(images[i], mean, std).resize((panel_size, panel_size), Image.Resampling.BICUBIC)
+        if object_boxes is not None and i < len(object_boxes):
+            draw_object_box(picture, object_boxes[i])
         answered = caption(answer_label(answer), answer, i)
         title = Caption(f"{i + 1}. " + (f"true: {true[i]} · " if true else "") + answered.text, answered.correct)
         captions = [caption(f"scale {s + 1}", f"s{s + 1}", i) for s in range(num_scales)]
@@ -124,6 +132,7 @@ def attention_grid(
     panel_size: int | None = None,
     title: str = "RA-CNN attention",
     answer: str = "fused",
+    object_boxes: Tensor | None = None,
 ) -> Image.Image:
     """One :func:`racnn.pictures.visualize.draw_attention` row per image under a title and the legend of box colours.
 
@@ -143,14 +152,33 @@ def attention_grid(
         title: the picture's headline.
         answer: the head whose top-1 each row's title gives (a head name of
             :func:`racnn.modeling.heads.head_names`; ``fused`` by default).
+        object_boxes: ``(B, 4)`` annotated object boxes (normalised xyxy in the input; NaN rows unknown), drawn on
+            each input and listed in the legend as "annotated box"; None: none.
 
     Returns:
         The title and legend, then the rows of :func:`attention_rows` top to bottom
         (:func:`racnn.pictures.visualize.stack_rows`); as wide as the widest row.
     """
-    rows = [
-        row for row, _ in attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size, answer)
-    ]
+    drawn = attention_rows(model, images, mean, std, class_names, targets, max_images, panel_size, answer, object_boxes)
     scale_colors = SCALE_COLORS[: getattr(model, "num_scales", len(SCALE_COLORS) + 1) - 1]
     legend, labels = region_legend(getattr(model, "regions", 1), scale_colors)  # by scale, or one colour per region
-    return stack_rows(rows, Caption(title), legend, labels)
+    if object_boxes is not None:
+        labels = [*(labels or [f"scale {s + 2} box" for s in range(len(legend))]), "annotated box"]
+        legend = [*legend, OBJECT_COLOR]
+    return stack_rows([row for row, _ in drawn], Caption(title), legend, labels)
+
+
+OBJECT_COLOR = (255, 0, 255)  # the annotated object box: magenta (no scale or region has it), with a dark rim
+
+
+def draw_object_box(picture: Image.Image, box: Tensor) -> None:
+    """Draw a normalised xyxy object box on ``picture`` in place (nothing for an unknown, NaN, box)."""
+    from PIL import ImageDraw
+
+    if torch.isnan(box).any():
+        return
+    w, h = picture.size
+    x1, y1, x2, y2 = (float(v) for v in (box.clamp(0, 1) * torch.tensor([w, h, w, h])).tolist())
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((x1 - 1, y1 - 1, x2 + 1, y2 + 1), outline=(0, 0, 0), width=4)
+    draw.rectangle((x1, y1, x2, y2), outline=OBJECT_COLOR, width=2)

@@ -415,7 +415,8 @@ class _Run:
         on (``train.best_metric``'s), to ``name`` in the folder and to TensorBoard."""
         shown = self.val_set if self.val_set is not None else self.train_set
         drawn = (self.mean, self.std, self.class_names, title, self._selected_head(trained), self.run_dir / name)
-        attention_picture(self.model, shown, *drawn, self.writer, self.state["global_epoch"])
+        boxes = self.object_boxes.get("val") if self.val_set is not None else None  # train images are cropped at random
+        attention_picture(self.model, shown, *drawn, self.writer, self.state["global_epoch"], boxes)
 
     # -- output ------------------------------------------------------------------------------------------
 

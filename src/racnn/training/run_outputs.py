@@ -37,9 +37,11 @@ def attention_picture(
     path: Path,
     writer: Any = None,
     step: int = 0,
+    object_boxes: Any = None,
 ) -> Path | None:
     """Draw the first 8 images of ``shown`` through ``model`` to ``path`` (and to TensorBoard's ``attention``
-    images when ``writer`` is given), each row captioned with head ``answer``'s top-1; None when the pictures
+    images when ``writer`` is given), each row captioned with head ``answer``'s top-1, with the annotated
+    ``object_boxes`` (of ``shown``'s images, normalised xyxy in the input) where given; None when the pictures
     module is not available."""
     try:
         from racnn.pictures.model_pictures import attention_grid
@@ -49,7 +51,10 @@ def attention_picture(
     items = [shown[i] for i in range(min(8, len(shown)))]
     images = default_collate([item[0] for item in items])  # a tensor, or [input, source] (data.source_size)
     targets = [int(item[1]) for item in items]
-    grid = attention_grid(model, images, mean, std, class_names, targets=targets, title=title, answer=answer)
+    boxes = None if object_boxes is None else object_boxes[: len(items)]  # the annotated boxes of those images
+    grid = attention_grid(
+        model, images, mean, std, class_names, targets, title=title, answer=answer, object_boxes=boxes
+    )
     grid.save(path)
     if writer is not None:
         import numpy as np
