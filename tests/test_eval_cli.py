@@ -135,3 +135,16 @@ def test_format_names_in_help_are_the_renderers():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="format must be one of text, markdown"):
         render(results_table(METRICS, 2), "html")
+
+
+def test_an_auto_run_is_evaluated_in_the_precision_its_run_json_records(tmp_path):
+    from racnn.cli.evaluate import _recorded_amp
+
+    assert _recorded_amp(tmp_path) == ""  # no run.json: the stored train.amp decides
+    record = {"run_id": "x", "precision": "bf16", "resumed": [{"precision": "fp32"}]}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert _recorded_amp(tmp_path) == "none"  # the last session's, the one that tested
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "x", "precision": "bf16", "resumed": []}))
+    assert _recorded_amp(tmp_path) == "bf16"
+    (tmp_path / "run.json").write_text("{not json")
+    assert _recorded_amp(tmp_path) == ""

@@ -101,6 +101,20 @@ def _amp_source(args: argparse.Namespace) -> tuple[str, str]:
     return "", "the run's train.amp"
 
 
+def _recorded_amp(run_dir: Path) -> str:
+    """The precision the run's last session tested in (``run.json``: ``fp32`` -> ``none``), or "" without one."""
+    from racnn.training.run_record import read_record
+
+    try:
+        record = read_record(run_dir) or {}
+    except ConfigError:
+        return ""
+    sessions = [record, *(record.get("resumed") or [])]
+    chosen = [s.get("precision") for s in sessions if isinstance(s, dict) and s.get("precision")]
+    name = chosen[-1] if chosen else ""
+    return {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}.get(name, "")
+
+
 def _preprocessing_source(args: argparse.Namespace) -> str:
     changed = [key for key in (i.split("=", 1)[0].strip() for i in args.overrides) if key in PREPROCESSING_KEYS]
     return f"{', '.join(f'--set {k}' for k in dict.fromkeys(changed))}: not the run's" if changed else "the run's"
@@ -133,6 +147,9 @@ def main(args: argparse.Namespace) -> int:
         cfg = apply_overrides(stored_cfg, flag_overrides(args) + args.overrides)
         device = resolve_device(cfg.train.device)
         amp, amp_from = _amp_source(args)
+        recorded = _recorded_amp(source.parent) if not amp and cfg.train.amp == "auto" else ""
+        if recorded:  # what auto chose where the run ran, as its run.json says, not what it would choose here
+            amp, amp_from = recorded, "run.json's record of what train.amp auto chose:"
         amp = amp or cfg.train.amp  # the run's, as stored: how it was trained and tested
         precision = choose_precision(amp, device, cfg.train.channels_last)
         warn_slow_bf16(device, precision.amp)
