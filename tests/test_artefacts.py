@@ -130,11 +130,14 @@ def _eval(run, tmp_path: Path, name: str, *extra: str) -> dict:
 
 
 def test_eval_auto_equals_fp32_without_bf16_kernels_and_runs_bf16_with_them(run, tmp_path, capsys, monkeypatch):
-    auto = _eval(run, tmp_path, "auto")
+    auto = _eval(run, tmp_path, "auto", "--amp", "auto")
     assert capsys.readouterr().out.count("precision: fp32 (auto: this CPU has no oneDNN bf16 kernels)") == 1
     assert _eval(run, tmp_path, "fp32", "--amp", "none") == auto
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    bf16 = _eval(run, tmp_path, "bf16")
+    # the run stored train.amp auto and ran fp32 here: eval takes what its run.json records, not a new choice
+    assert _eval(run, tmp_path, "recorded") == auto
+    assert "run.json's record of what train.amp auto chose: none" in capsys.readouterr().out
+    bf16 = _eval(run, tmp_path, "bf16", "--amp", "auto")  # asked to decide again: bf16 on this (faked) CPU
     assert "precision: bf16 (auto: this CPU has oneDNN bf16 kernels)" in capsys.readouterr().out
     assert bf16["n_images"] == auto["n_images"] == 8
     assert abs(bf16["rank_loss"] - auto["rank_loss"]) < 0.05 and abs(bf16["box_side_s2"] - auto["box_side_s2"]) < 0.03
