@@ -232,15 +232,15 @@ def test_fusion_phase_starts_from_the_summed_classifiers(tmp_path, init):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_checkpoints_and_weights_are_written_with_the_umask(tmp_path, umask, mode):
+    from racnn.checkpoint import save_model_file
     from racnn.config import Config
     from racnn.modeling.model import RACNN
-    from racnn.training.run_files import save_safetensors
 
     old = os.umask(umask)
     try:
         save_checkpoint(tmp_path / "best.pt", {"config": {}, "model": {"w": torch.ones(2)}})
         model = RACNN("tiny", 2, 2, input_size=32, zoom_size=32, apn_pool=2, apn_hidden=4)
-        save_safetensors(model, Config(), ["a", "b"], tmp_path / "model.safetensors")
+        save_model_file(model, Config(), ["a", "b"], tmp_path / "model.safetensors")
     finally:
         os.umask(old)
     for name in ("best.pt", "model.safetensors"):

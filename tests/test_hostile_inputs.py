@@ -27,7 +27,14 @@ from PIL import Image
 import racnn.checkpoint as checkpoint_module
 from data_fixtures import make_cub, make_folder, write_image
 from inference_fixtures import CLASS_NAMES, make_checkpoint, write_images
-from racnn.checkpoint import CheckpointError, CheckpointWriteError, load_checkpoint, load_model, save_checkpoint
+from racnn.checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_model_file,
+)
 from racnn.cli import main
 from racnn.config import RECIPES, ConfigError, load_config
 from racnn.data import DataProblemsWarning, ImageLoadError, build_dataset, load_image
@@ -589,7 +596,6 @@ def test_disk_full_while_writing_safetensors_says_so_and_keeps_the_old_file(tmp_
 
     from racnn.config import Config
     from racnn.modeling.model import RACNN
-    from racnn.training import run_files
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"the previous weights")
@@ -602,7 +608,7 @@ def test_disk_full_while_writing_safetensors_says_so_and_keeps_the_old_file(tmp_
     monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 0, 1024))
     cfg = load_config(None, ["model.input_size=32", "model.zoom_size=32", "model.apn_hidden=8", "model.num_classes=2"])
     with pytest.raises(CheckpointWriteError, match="model.safetensors: no space left on device"):
-        run_files.save_safetensors(RACNN.from_config(cfg.model), Config(), ["a", "b"], path)
+        save_model_file(RACNN.from_config(cfg.model), Config(), ["a", "b"], path)
     assert path.read_bytes() == b"the previous weights" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
@@ -791,12 +797,10 @@ def test_safetensors_weights_of_another_dtype_are_refused_not_cast(tiny, tmp_pat
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from racnn.training import run_files
-
     model, cfg, names = load_model(tiny["checkpoint"])
     good = tmp_path / "good" / "model.safetensors"
     good.parent.mkdir()
-    run_files.save_safetensors(model, cfg, names, good)
+    save_model_file(model, cfg, names, good)
     with safe_open(str(good), framework="pt") as f:
         metadata, state = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     floats = [key for key, value in state.items() if value.is_floating_point()]

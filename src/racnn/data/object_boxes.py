@@ -7,7 +7,6 @@ box through the same resize, crop and flip), and hands the model the box, made s
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -74,7 +73,7 @@ class ObjectBoxViews(Dataset):
         image, label = self.dataset[index][:2]
         height, width = image.shape[-2:]
         box = self.boxes[index]
-        if any(math.isnan(v) for v in box.tolist()):
+        if torch.isnan(box).any():
             box = torch.tensor([0.0, 0.0, 1.0, 1.0])  # unknown: the whole image
         pixels = box * torch.tensor([width, height, width, height], dtype=torch.float32)
         views, moved = self.transform(image, tv_tensors.BoundingBoxes(pixels[None], format="XYXY",

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from racnn.modeling.crop import boxes_to_xyxy
+
 __all__ = ["BOX_SUMS", "OBJECT_SUMS", "box_scores", "box_sums", "object_scores", "object_sums", "xyxy_iou"]
 
 # What is summed per attention box: images; side, its square; centre x, y and their squares (all images); then over
@@ -73,12 +75,13 @@ def box_sums(boxes: Tensor, objects: Tensor | None) -> Tensor:
     objects = objects.double()
     known = ~torch.isnan(objects).any(-1)
     obj, box = objects[known], boxes[known]
-    xyxy = torch.cat([box[:, :2] - box[:, 2:], box[:, :2] + box[:, 2:]], dim=1)
-    inter = _intersection(xyxy, obj)
+    xyxy = boxes_to_xyxy(box)  # square boxes in the square input
+    inter, box_area, obj_area = _intersection(xyxy, obj), _area(xyxy), _area(obj)
     inside = (box[:, 0] >= obj[:, 0]) & (box[:, 0] <= obj[:, 2]) & (box[:, 1] >= obj[:, 1]) & (box[:, 1] <= obj[:, 3])
     ks, size = 2 * box[:, 2], _size(obj)
-    sums += [known.sum(), inside.sum(), xyxy_iou(xyxy, obj).sum(), (inter / _area(obj).clamp(min=1e-12)).sum(),
-             (inter / _area(xyxy).clamp(min=1e-12)).sum(), ks.sum(), (ks**2).sum(), size.sum(), (size**2).sum(),
+    iou = inter / (box_area + obj_area - inter).clamp(min=1e-12)
+    sums += [known.sum(), inside.sum(), iou.sum(), (inter / obj_area.clamp(min=1e-12)).sum(),
+             (inter / box_area.clamp(min=1e-12)).sum(), ks.sum(), (ks**2).sum(), size.sum(), (size**2).sum(),
              (ks * size).sum()]  # fmt: skip
     return torch.tensor([float(v) for v in sums], dtype=torch.float64)
 

@@ -159,13 +159,12 @@ def _accumulate(sums: _EvalSums, out, targets: Tensor, margin: float, object_box
     sums.scalars[1] += sum(rank.values()) * n
     for s, boxes in enumerate(out.boxes_in_image[: sums.num_overlaps]):
         sums.scalars[2 + s] += overlap_penalty(boxes) * n
+    objects = None if object_boxes is None else object_boxes.cpu()
     per_region = [region for boxes in out.boxes_in_image for region in as_regions(boxes).unbind(1)]  # scale-major
     for s, box in enumerate(per_region):  # (B, 3) each
-        sums.boxes[s] += box_sums(box.detach().float().cpu(), None if object_boxes is None else object_boxes.cpu()).to(
-            sums.boxes.device
-        )
-    if object_boxes is not None:
-        sums.objects += object_sums(object_boxes.cpu()).to(sums.objects.device)
+        sums.boxes[s] += box_sums(box.detach().float().cpu(), objects).to(sums.boxes.device)
+    if objects is not None:
+        sums.objects += object_sums(objects).to(sums.objects.device)
 
 
 def _finalize(sums: _EvalSums, with_objects: bool, regions: int = 1) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from racnn.checkpoint import CheckpointError, save_checkpoint
+from racnn.checkpoint import CheckpointError, save_checkpoint, save_model_file
 from racnn.config import Config, ConfigError, config_to_dict, resolve_device
 from racnn.distributed import (
     DistInfo,
@@ -61,7 +61,6 @@ from racnn.training.run_files import (
     phase_checkpoint,
     phase_label,
     rng_state,
-    save_safetensors,
     seed_everything,
     set_rng_state,
     tensorboard_writer,
@@ -394,7 +393,7 @@ class _Run:
         self.metrics["chosen_epoch"] = chosen = self.state.get("best_epoch", self.state["global_epoch"])
         if self.main:
             path = self.run_dir / "model.safetensors"
-            save_safetensors(self.model, self.cfg, self.class_names, path, trained, self.run_id)
+            save_model_file(self.model, self.cfg, self.class_names, path, trained, self.run_id)
             if self.cfg.train.visualize:
                 after = "after fusion" if "fused" in trained else "before fusion"
                 title = f"RA-CNN attention of the tested model (epoch {chosen}, {after})"

@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from racnn.checkpoint import load_checkpoint, save_checkpoint, save_model_file
+from racnn.checkpoint import load_checkpoint, save_checkpoint
 from racnn.config import Config, ConfigError, config_to_dict, save_config
 from racnn.distributed import (
     DistInfo,
@@ -208,18 +207,6 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = rng["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def save_safetensors(
-    model: nn.Module,
-    cfg: Config,
-    class_names: list[str],
-    path: Path,
-    trained_heads: list[str] | None = None,
-    run_id: str | None = None,
-) -> None:
-    """The run's ``model.safetensors``: :func:`racnn.checkpoint.save_model_file`."""
-    save_model_file(model, cfg, class_names, path, trained_heads, run_id)
 
 
 def phase_checkpoint(run_dir: Path, schedule: list[tuple[str, Any, int]], index: int) -> Path:
