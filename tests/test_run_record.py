@@ -9,6 +9,7 @@ import logging
 import pytest
 import torch
 
+import racnn
 from racnn.config import ConfigError, config_to_dict, load_config
 from racnn.training.model_card import model_card, results_table
 from racnn.training.run_record import (
@@ -68,6 +69,7 @@ def test_versions_machine_and_command_line():
     found = versions()
     assert set(found) == {"python", "racnn", "torch", "torchvision", "timm", "numpy"}
     assert found["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert found["racnn"] == racnn.__version__  # the code that runs, not a stale editable install's metadata
     info = machine(torch.device("cpu"))
     assert info["cpu"] and info["cpu_cores"] >= 1 and info["device"] == "cpu"
     assert command_line(["/x/racnn/__main__.py", "train", "--set", "a=b c"]) == "racnn train --set 'a=b c'"

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE",
         help="YAML config: a file, or a built-in recipe (synthetic_tiny, synthetic_fine, cpu_lite0_cub50, "
-        "paper_vgg19_cub); "
+        "cpu_lite0_cub_whole, paper_vgg19_cub); "
         "keys left out keep their defaults (docs/TRAINING.md)",
     )  # fmt: skip
     parser.add_argument(
@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_amp(
         parser, None,
-        f"{AMP_HELP}: sets train.amp (left out: the config's; the recipes set auto, but cpu_lite0_cub50 none)",
+        f"{AMP_HELP}: sets train.amp (left out: the config's; the recipes set auto, "
+        "but cpu_lite0_cub50, cpu_lite0_cub_whole none)",
     )  # fmt: skip
     parser.add_argument(
         "--baseline", action="store_true",
