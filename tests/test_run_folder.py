@@ -151,14 +151,15 @@ def test_the_time_left_times_only_the_validation_passes_that_ran(tmp_path, monke
     timed = []
     real = TimeLeft.evaluated
 
-    def evaluated(self, seconds, images):
-        timed.append((seconds, images))
-        real(self, seconds, images)
+    def evaluated(self, seconds, images, startup=0.0):
+        timed.append((seconds, images, startup))
+        real(self, seconds, images, startup)
 
     monkeypatch.setattr(TimeLeft, "evaluated", evaluated)
     quiet = ["--set", "train.visualize=false", "--set", "train.tensorboard=false", "--set", "train.eval_interval=0"]
     assert main(_train(tmp_path, *quiet)) == 0
-    assert len(timed) == 2 and all(seconds > 0 and images == 2 for seconds, images in timed)  # each phase's end
+    assert len(timed) == 2 and all(seconds > 0 and images == 2 for seconds, images, _ in timed)  # each phase's end
+    assert all(0 < startup <= seconds for seconds, _, startup in timed)  # the wait for the first batch, timed
     with open(tmp_path / "synthetic_tiny" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert all(float(row["time_left_s"]) > 0 for row in rows)  # the test pass is left after the last epoch

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from racnn.training.run_record import (
     versions,
     write_record,
 )
-from racnn.training.time_left import EVAL_COST, RELATIVE_COST, TimeLeft, remaining, validates
+from racnn.training.time_left import EVAL_COST, RELATIVE_COST, TimedPass, TimeLeft, remaining, validates
 
 # -- the time left -----------------------------------------------------------------------------------------
 
@@ -60,6 +61,37 @@ def test_a_kind_not_yet_seen_is_scaled_from_the_kinds_seen():
     # no evaluation yet: a forward pass of an image, from the classification pace
     assert pace.image_seconds() == pytest.approx(RELATIVE_COST["cls"] / RELATIVE_COST["warmup"] / 8 * EVAL_COST)
     assert pace.estimate([("fusion", 4)], 16) == pytest.approx(4 * expected + 16 * pace.image_seconds())
+
+
+def test_a_pass_start_up_is_paid_once_per_pass_not_per_image():
+    """A small validation pass whose loader took 4 s to start: the test pass, 9x longer, is not 9x its time."""
+    pace = TimeLeft(batch_size=10)
+    pace.trained("cls", seconds=20.0, steps=10)
+    pace.evaluated(seconds=10.0, images=75, startup=4.0)  # 6 s for 75 images once the first batch arrived
+    assert pace.pass_seconds() == pytest.approx(4.0)
+    assert pace.image_seconds() == pytest.approx(6.0 / 75)
+    assert pace.estimate([], 675, passes=1) == pytest.approx(4.0 + 675 * 6.0 / 75)  # 58 s, not 90
+    assert pace.estimate([], 675 + 75, passes=2) == pytest.approx(8.0 + 750 * 6.0 / 75)
+    pace.evaluated(seconds=1.0, images=10, startup=5.0)  # a start-up longer than its pass is cut to the pass
+    assert pace.pass_seconds() == pytest.approx(2.5) and pace.image_seconds() == pytest.approx(6.0 / 85)
+
+
+def test_timed_pass_notes_when_the_first_item_arrived():
+    def slow_start():
+        time.sleep(0.05)
+        yield from range(3)
+
+    class Loader:
+        def __iter__(self):
+            return slow_start()
+
+        def __len__(self):
+            return 3
+
+    timed = TimedPass(Loader())
+    assert len(timed) == 3 and timed.startup == 0.0
+    assert list(timed) == [0, 1, 2] and timed.startup >= 0.05
+    assert list(TimedPass([])) == []
 
 
 # -- run.json's parts --------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from racnn.training.schedule import (
     steps_per_epoch,
 )
 from racnn.training.steps import EPOCH_FUNCTIONS
-from racnn.training.time_left import TimeLeft, remaining, validates
+from racnn.training.time_left import TimedPass, TimeLeft, remaining, validates
 
 log = logging.getLogger(__name__)  # shown by the racnn command; a program using fit() decides for itself
 
@@ -192,7 +192,7 @@ class _Run:
             self.run_dir = new_run_dir(cfg, dist_info)
         self.writer = tensorboard_writer(self.run_dir, cfg.train.tensorboard and self.main)
         self.model.trained_heads = self.state["trained"]  # the same list, grown as phases end
-        self.pace = TimeLeft(cfg.data.batch_size)
+        self.pace, self.eval_startup = TimeLeft(cfg.data.batch_size), 0.0  # eval_startup: the last pass's wait
         self.run_log, self.record = None, {}
         if self.main:
             self.run_log = RunLog(self.run_dir)
@@ -340,13 +340,13 @@ class _Run:
         now = time.perf_counter()
         self.pace.trained(self.schedule[index][0], now - self.clock - val_seconds, steps)
         if val_seconds > 0 and "val" in self.eval_loaders:
-            self.pace.evaluated(val_seconds, len(self.val_set))
+            self.pace.evaluated(val_seconds, len(self.val_set), self.eval_startup)
         self.clock = now
         _, per_epoch = steps_per_epoch(self.train_loader, self.cfg.train)
         phases = [(kind, phase.epochs) for kind, phase, _ in self.schedule]
         epochs_to_go, validations = remaining(phases, index, epochs_done, self.cfg.train.eval_interval)
         images = validations * (self.splits["val"] or 0) + self.splits["test"]
-        left = self.pace.estimate([(kind, n * per_epoch) for kind, n in epochs_to_go], images)
+        left = self.pace.estimate([(kind, n * per_epoch) for kind, n in epochs_to_go], images, validations + 1)
         row.update(elapsed_s=round(self.seconds_before + now - self.started, 2), time_left_s=left)
         done, total = run_position(self.schedule, index, epochs_done)
         return eta_text(done, total, left)
@@ -362,11 +362,14 @@ class _Run:
         return answer_head(head, self.state["trained"] if trained is None else trained, self.cfg.model.num_scales)
 
     def _evaluate(self, split: str, out_dir: Path | None = None, trained: list[str] | None = None) -> dict[str, Any]:
-        return evaluate(
-            self.model, self.eval_loaders[split], device=self.device, margin=self.cfg.train.margin,
+        loader = TimedPass(self.eval_loaders[split])  # its start-up, for the time left
+        metrics = evaluate(
+            self.model, loader, device=self.device, margin=self.cfg.train.margin,
             amp=self.precision.amp, channels_last=self.precision.channels_last, object_boxes=self.object_boxes[split],
             class_names=self.class_names, confusion_head=self._selected_head(trained), out_dir=out_dir,
         )  # fmt: skip
+        self.eval_startup = loader.startup
+        return metrics
 
     def _validate(self) -> dict[str, Any]:
         """Val metrics of the trained heads, as ``val_<metric>`` (none without a val split); ``untrained`` lists

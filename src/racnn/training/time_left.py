@@ -1,20 +1,25 @@
 """The run's time left: every phase at its own pace, the validation passes to come and the final test pass.
 
-Owns: :class:`TimeLeft` (the seconds measured so far: per optimiser step of each phase kind, per evaluated image)
-and its estimate of the rest of a run, and :func:`validates` (which epochs are validated: the rule the run
-follows, so that the estimate counts the same passes).
+Owns: :class:`TimeLeft` (the seconds measured so far: per optimiser step of each phase kind, per evaluated image
+and per evaluation pass) and its estimate of the rest of a run, :class:`TimedPass` (when a loader's first batch
+arrived: its start-up) and :func:`validates` (which epochs are validated: the rule the run follows, so that the
+estimate counts the same passes).
 
 The phases do not cost the same per step: warm-up and classification train every backbone, the APN phase runs
 every backbone and back-propagates through the zoomed ones, APN pre-training and fusion train small heads on
 frozen backbones. A kind not yet seen is estimated from the kinds seen, scaled by :data:`RELATIVE_COST`; an
-evaluation not yet seen from the training pace (:data:`EVAL_COST`: a forward pass, no backward).
+evaluation not yet seen from the training pace (:data:`EVAL_COST`: a forward pass, no backward). An evaluation pass
+pays its loader's start-up (workers, the first batch) once and then a pace per image: timed from one small
+validation pass as a pace per image alone, the start-up made the large test pass look 1.7x longer than it was
+(docs/BENCHMARKS.md, "Time left").
 
-May import: nothing of racnn (plain arithmetic).
+May import: nothing of racnn (plain arithmetic and a clock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 
 # Seconds per optimiser step of each phase kind, relative to a classification step, with each epoch's checkpoint
 # and pictures: rounded from the CPU recipe's run on a quiet machine (docs/BENCHMARKS.md, "Time left"); used only
@@ -39,7 +44,8 @@ class TimeLeft:
     def __init__(self, batch_size: int) -> None:
         self.batch_size = max(batch_size, 1)
         self.train: dict[str, list[float]] = {}  # kind -> [seconds, steps]
-        self.eval = [0.0, 0]  # [seconds, images]
+        self.eval = [0.0, 0]  # [seconds after each pass's first batch arrived, images]
+        self.startup = [0.0, 0]  # [seconds until each pass's first batch arrived, passes]
 
     def trained(self, kind: str, seconds: float, steps: int) -> None:
         """An epoch of phase ``kind``: ``steps`` optimiser steps in ``seconds`` (with its checkpoint and logs)."""
@@ -47,9 +53,17 @@ class TimeLeft:
         spent[0] += seconds
         spent[1] += steps
 
-    def evaluated(self, seconds: float, images: int) -> None:
-        self.eval[0] += seconds
+    def evaluated(self, seconds: float, images: int, startup: float = 0.0) -> None:
+        """An evaluation pass of ``images`` in ``seconds``, of which ``startup`` went by before its first batch."""
+        startup = min(max(startup, 0.0), seconds)
+        self.eval[0] += seconds - startup
         self.eval[1] += images
+        self.startup[0] += startup
+        self.startup[1] += 1
+
+    def pass_seconds(self) -> float:
+        """Seconds an evaluation pass spends before its first batch (0 until a pass was timed)."""
+        return self.startup[0] / self.startup[1] if self.startup[1] else 0.0
 
     def step_seconds(self, kind: str) -> float | None:
         """Seconds per step of ``kind``: measured, else from the kinds measured (:data:`RELATIVE_COST`)."""
@@ -69,9 +83,11 @@ class TimeLeft:
         step = self.step_seconds("cls")
         return None if step is None else step / self.batch_size * EVAL_COST
 
-    def estimate(self, epochs_to_go: Sequence[tuple[str, int]], images_to_evaluate: int) -> float | None:
-        """Seconds left: ``epochs_to_go`` as ``(kind, optimiser steps)`` and ``images_to_evaluate`` (the
-        validation passes to come and the test pass, in images). None before anything was measured."""
+    def estimate(
+        self, epochs_to_go: Sequence[tuple[str, int]], images_to_evaluate: int, passes: int = 0
+    ) -> float | None:
+        """Seconds left: ``epochs_to_go`` as ``(kind, optimiser steps)``, ``images_to_evaluate`` (the validation
+        passes to come and the test pass, in images) in ``passes`` passes. None before anything was measured."""
         total = 0.0
         for kind, steps in epochs_to_go:
             per_step = self.step_seconds(kind)
@@ -82,8 +98,28 @@ class TimeLeft:
             per_image = self.image_seconds()
             if per_image is None:
                 return None
-            total += per_image * images_to_evaluate
+            total += per_image * images_to_evaluate + self.pass_seconds() * passes
         return total
+
+
+class TimedPass:
+    """``iterable`` (a data loader), noting in :attr:`startup` the seconds its last pass took to give its first
+    item: the loader's start-up, which a pass pays once whatever its length."""
+
+    def __init__(self, iterable: Iterable) -> None:
+        self.iterable = iterable
+        self.startup = 0.0
+
+    def __len__(self) -> int:
+        return len(self.iterable)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        start = time.perf_counter()
+        self.startup = 0.0
+        for i, item in enumerate(self.iterable):
+            if i == 0:
+                self.startup = time.perf_counter() - start
+            yield item
 
 
 def remaining(
