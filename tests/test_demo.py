@@ -101,6 +101,22 @@ def test_bench_train_reduced():
     assert "failed" not in row and "gave up" not in row, row  # both workers measured, with two regions
 
 
+def test_time_left_benchmark_scores_the_printed_estimate_against_the_truth(tmp_path):
+    """benchmarks/time_left.py: after each epoch, the estimate a run printed against train_seconds - elapsed_s."""
+    done, running = tmp_path / "done", tmp_path / "running"
+    header = "phase,global_epoch,train_loss,elapsed_s,time_left_s\n"
+    for run in (done, running):
+        run.mkdir()
+        (run / "metrics.csv").write_text(header + "cls,1,2.0,100,330\ncls,2,1.0,200,150\nfusion,3,0.5,280,\n")
+    (done / "run.json").write_text('{"run_id": "a", "train_seconds": 400}')
+    (running / "run.json").write_text('{"run_id": "b", "train_seconds": null}')
+    out = _run("benchmarks/time_left.py", str(done), str(running))
+    assert "| 1 | cls | 100 | 330 | 300 | +10 % |" in out  # 30 s long of the 300 s left
+    assert "| 2 | cls | 200 | 150 | 200 | -25 % |" in out
+    assert "| 3 |" not in out  # a row without an estimate (none was printed) is left out
+    assert f"{running}: not finished" in out
+
+
 def _accuracy_args(root: Path, runs: Path, input_size: int, zoom_size: int, steps: int) -> list[str]:
     """benchmarks/accuracy.py on a fake CUB folder with tiny networks and ``steps`` optimiser steps per epoch."""
     settings = [

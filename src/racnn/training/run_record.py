@@ -49,12 +49,10 @@ def new_run_id() -> str:
 
 def versions() -> dict[str, str]:
     """Python's and each of :data:`PACKAGES`' version (``"not installed"`` for one that is missing)."""
-    from racnn import __version__
-
     found = {"python": platform.python_version()}
     for name in PACKAGES:
-        if name == "racnn":  # the code that runs, not the metadata of an editable install made before a version bump
-            found[name] = __version__
+        if name == "racnn":  # the code that runs (its package is loaded), not an editable install's old metadata
+            found[name] = sys.modules["racnn"].__version__
             continue
         try:
             found[name] = metadata.version(name)
