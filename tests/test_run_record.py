@@ -50,7 +50,17 @@ def test_time_left_counts_each_kind_at_its_pace_and_every_evaluation():
     pace.trained("cls", seconds=20.0, steps=10)  # 2 s a step
     pace.trained("fusion", seconds=4.0, steps=10)  # 0.4 s a step
     pace.evaluated(seconds=3.0, images=100)  # 0.03 s an image
-    assert pace.estimate([("cls", 5), ("fusion", 10)], 200) == pytest.approx(5 * 2 + 10 * 0.4 + 200 * 0.03)
+    # an evaluated image: the passes' 100 images and the fusion phase's 100 (a forward pass each), pooled
+    assert pace.image_seconds() == pytest.approx((3.0 + 4.0) / 200)
+    assert pace.estimate([("cls", 5), ("fusion", 10)], 200) == pytest.approx(5 * 2 + 10 * 0.4 + 200 * 0.035)
+
+
+def test_a_forward_only_phase_times_the_evaluation_before_any_pass():
+    pace = TimeLeft(batch_size=16)
+    pace.trained("warmup", seconds=100.0, steps=10)
+    assert pace.image_seconds() == pytest.approx(10.0 / 16 * EVAL_COST)  # from the classification pace
+    pace.trained("apn_pretrain", seconds=12.0, steps=10)  # 160 images, all scales forward
+    assert pace.image_seconds() == pytest.approx(12.0 / 160)
 
 
 def test_a_kind_not_yet_seen_is_scaled_from_the_kinds_seen():

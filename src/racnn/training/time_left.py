@@ -10,8 +10,10 @@ every backbone and back-propagates through the zoomed ones, APN pre-training and
 frozen backbones. A kind not yet seen is estimated from the kinds seen, scaled by :data:`RELATIVE_COST`; an
 evaluation not yet seen from the training pace (:data:`EVAL_COST`: a forward pass, no backward). An evaluation pass
 pays its loader's start-up (workers, the first batch) once and then a pace per image: timed from one small
-validation pass as a pace per image alone, the start-up made the large test pass look 1.7x longer than it was
-(docs/BENCHMARKS.md, "Time left").
+validation pass as a pace per image alone, the start-up made the large test pass look 1.7x longer than it was.
+An evaluated image costs a forward pass of every scale, as does a training image of the phases that train heads on
+frozen backbones (:data:`FORWARD_ONLY`): their images are pooled with the evaluated ones, so that the test pass is
+not timed from 75 validation images alone (they made it look 1.5x longer; docs/BENCHMARKS.md, "Time left").
 
 May import: nothing of racnn (plain arithmetic and a clock).
 """
@@ -28,6 +30,9 @@ RELATIVE_COST = {"warmup": 1.0, "cls": 1.0, "apn": 0.6, "apn_pretrain": 0.55, "f
 # Seconds per evaluated image, relative to a classification step's seconds per training image (the same run's test
 # pass: 0.32); used until a validation pass has been timed.
 EVAL_COST = 0.3
+# Phases whose training images cost about what an evaluated image costs: every scale's forward pass, a backward
+# through small heads only (the APNs on detached crops, the fusion heads).
+FORWARD_ONLY = ("apn_pretrain", "fusion")
 
 
 def validates(epoch: int, epochs: int, last_phase: bool, interval: int) -> bool:
@@ -77,9 +82,14 @@ class TimeLeft:
         return per_unit * RELATIVE_COST.get(kind, 1.0)
 
     def image_seconds(self) -> float | None:
-        """Seconds per evaluated image: measured, else from the classification pace (:data:`EVAL_COST`)."""
-        if self.eval[1]:
-            return self.eval[0] / self.eval[1]
+        """Seconds per evaluated image: measured on the evaluation passes and the :data:`FORWARD_ONLY` phases'
+        images together, else from the classification pace (:data:`EVAL_COST`)."""
+        seconds, images = self.eval
+        for kind in FORWARD_ONLY:
+            spent, steps = self.train.get(kind, (0.0, 0))
+            seconds, images = seconds + spent, images + steps * self.batch_size
+        if images:
+            return seconds / images
         step = self.step_seconds("cls")
         return None if step is None else step / self.batch_size * EVAL_COST
 
