@@ -57,6 +57,8 @@ def test_spread_and_the_side_size_correlation():
     fixed = box_scores(box_sums(torch.tensor([[0.5, 0.5, 0.25]] * 3), objects), "s2")
     assert fixed["box_centre_std_x_s2"] == 0 and fixed["box_side_std_s2"] == 0
     assert math.isnan(fixed["box_side_corr_s2"])  # a side that never changes has no correlation
+    rounding = torch.tensor([[0.5, 0.5, 0.335]] * 3, dtype=torch.float64) + torch.tensor([0.0, 3e-8, -2e-8])[:, None]
+    assert math.isnan(box_scores(box_sums(rounding, objects), "s2")["box_side_corr_s2"])  # float32 noise: constant
     shrinking = following.clone()
     shrinking[:, 2] = torch.tensor([0.3, 0.2, 0.1])  # sides against sizes: perfectly anti-correlated
     assert box_scores(box_sums(shrinking, objects), "s2")["box_side_corr_s2"] == pytest.approx(-1.0)

@@ -119,8 +119,9 @@ def box_scores(sums: Tensor, key: str) -> dict[str, float]:
         return metrics
     side_std, size_std = _std(s["ks"], s["ks2"], known), _std(s["size"], s["size2"], known)
     covariance = s["ks_size"] / known - (s["ks"] / known) * (s["size"] / known)
-    # Sides that do not vary (a fixed zoom, a box at its smallest side) have no correlation: NaN, not 0.
-    corr = covariance / (side_std * size_std) if side_std > 1e-9 and size_std > 1e-9 else math.nan
+    # Sides that do not vary (a fixed zoom, a box at its smallest side) have no correlation: NaN, not 0. A float32
+    # box of one side, composed and summed over batches, still spreads by ~1e-8: below 1e-6 a side is constant.
+    corr = covariance / (side_std * size_std) if side_std > 1e-6 and size_std > 1e-6 else math.nan
     metrics.update({
         f"box_in_object_{key}": s["centre_in"] / known,
         f"box_covers_object_{key}": s["cover"] / known,
