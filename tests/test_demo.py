@@ -217,6 +217,27 @@ def test_box_spread_reduced(tmp_path):
 
 
 @pytest.mark.slow
+def test_pretrain_targets_reduced(tmp_path):
+    from racnn.config import RECIPES, load_config
+    from racnn.training import fit
+
+    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
+                "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4", "data.num_workers=0",
+                "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0", "train.fusion.epochs=0",
+                "train.visualize=false", "train.pretrain_side=0.5", f"train.output_dir={tmp_path}"]  # fmt: skip
+    run = fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+    out = _run("benchmarks/pretrain_targets.py", str(run), "--split", "test", "--images", "6", "--thresholds",
+               "0.3,0.5", "--cam-size", "64")  # fmt: skip
+    assert "| target | IoU | covers object | on object | centre in | side | side corr |" in out
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in out.splitlines() if line.startswith("| ")}
+    names = ["channels", "cam", "cam_extent t=0.3", "cam_extent t=0.5", "channels_extent t=0.3", "apn",
+             "channels_extent t=0.5", "cam_extent t=0.3 at 64 px", "channels_extent t=0.5 at 64 px"]  # fmt: skip
+    assert all(name in rows for name in names), out
+    assert float(rows["channels"][4]) == pytest.approx(0.5) and float(rows["cam"][4]) == pytest.approx(0.5)
+    assert all(0 <= float(rows[name][0]) <= 1 for name in names) and "objects" in rows  # IoUs; the yardstick
+
+
+@pytest.mark.slow
 def test_apn_diagnostics_reduced(tmp_path):
     from racnn.config import RECIPES, load_config
     from racnn.training import fit
