@@ -79,6 +79,18 @@ def _run(*args: str, timeout: int = 300) -> str:
     return proc.stdout
 
 
+def _tiny_run(tmp_path: Path, *extra: str) -> Path:
+    """A run folder of synthetic_tiny at 32 px, trained through the APN pre-training (no ranking, no fusion)."""
+    from racnn.config import RECIPES, load_config
+    from racnn.training import fit
+
+    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
+                "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4", "data.num_workers=0",
+                "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0", "train.fusion.epochs=0",
+                "train.visualize=false", f"train.output_dir={tmp_path}", *extra]  # fmt: skip
+    return fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+
+
 def test_bench_crop_reduced():
     out = _run("benchmarks/bench_crop.py", "--batch", "2", "--size", "48", "--out", "24", "--warmup", "1",
                "--repeats", "2", "--threads", "1")  # fmt: skip
@@ -195,14 +207,7 @@ def test_accuracy_benchmark_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_box_spread_reduced(tmp_path):
-    from racnn.config import RECIPES, load_config
-    from racnn.training import fit
-
-    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
-                "model.regions=2", "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4",
-                "data.num_workers=0", "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0",
-                "train.fusion.epochs=0", "train.visualize=false", f"train.output_dir={tmp_path}"]  # fmt: skip
-    run = fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+    run = _tiny_run(tmp_path, "model.regions=2")
     out = _run("benchmarks/box_spread.py", str(run), "--split", "test", "--images", "6")
     assert "| run | scale | region | centre x | centre y | side | std centre x |" in out
     lines = [line for line in out.splitlines() if line.startswith(f"| {run.name} |")]
@@ -218,14 +223,7 @@ def test_box_spread_reduced(tmp_path):
 
 @pytest.mark.slow
 def test_pretrain_targets_reduced(tmp_path):
-    from racnn.config import RECIPES, load_config
-    from racnn.training import fit
-
-    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
-                "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4", "data.num_workers=0",
-                "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0", "train.fusion.epochs=0",
-                "train.visualize=false", "train.pretrain_side=0.5", f"train.output_dir={tmp_path}"]  # fmt: skip
-    run = fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+    run = _tiny_run(tmp_path, "train.pretrain_side=0.5")
     out = _run("benchmarks/pretrain_targets.py", str(run), "--split", "test", "--images", "6", "--thresholds",
                "0.3,0.5", "--cam-size", "64")  # fmt: skip
     assert "| target | IoU | covers object | on object | centre in | side | side corr |" in out
@@ -239,15 +237,7 @@ def test_pretrain_targets_reduced(tmp_path):
 
 @pytest.mark.slow
 def test_apn_diagnostics_reduced(tmp_path):
-    from racnn.config import RECIPES, load_config
-    from racnn.training import fit
-
-    settings = ["model.input_size=32", "model.zoom_size=32", "model.apn_pool=2", "model.apn_hidden=16",
-                "data.synthetic_train=32", "data.synthetic_test=8", "data.synthetic_classes=4", "data.num_workers=0",
-                "train.rounds=1", "train.warmup.epochs=1", "train.apn.epochs=0", "train.fusion.epochs=0",
-                "train.visualize=false", "train.keep_phase_checkpoints=true",
-                f"train.output_dir={tmp_path}"]  # fmt: skip
-    run = fit(load_config(RECIPES / "synthetic_tiny.yaml", settings)).run_dir
+    run = _tiny_run(tmp_path, "train.keep_phase_checkpoints=true")
     out = _run("benchmarks/apn_diagnostics.py", "--checkpoint", str(run / "phase3_cls.pt"), "--images", "16")
     for row in ("| p_t s1 |", "| hinge active 1>2 |", "| grad norm APN 1 |", "| centre room s2 |",
                 "| centre motion s2 |", "| side change s3 |"):  # fmt: skip
