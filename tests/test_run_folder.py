@@ -164,3 +164,19 @@ def test_the_time_left_times_only_the_validation_passes_that_ran(tmp_path, monke
         rows = list(csv.DictReader(f))
     assert all(float(row["time_left_s"]) > 0 for row in rows)  # the test pass is left after the last epoch
     assert float(rows[1]["elapsed_s"]) > float(rows[0]["elapsed_s"]) > 0
+
+
+def test_the_time_left_counts_the_images_of_an_optimiser_step(tmp_path, monkeypatch):
+    """With gradient accumulation a step holds ``batch_size * grad_accum`` images: the forward-only phases' pace per
+    image, which times the evaluation, divides by that."""
+    sizes = []
+    real = TimeLeft.__init__
+
+    def init(self, batch_size):
+        sizes.append(batch_size)
+        real(self, batch_size)
+
+    monkeypatch.setattr(TimeLeft, "__init__", init)
+    quiet = ["--set", "train.visualize=false", "--set", "train.tensorboard=false"]
+    assert main(_train(tmp_path, *quiet, "--set", "data.batch_size=4", "--set", "train.grad_accum=2")) == 0
+    assert sizes == [8]

@@ -192,7 +192,7 @@ class _Run:
             self.run_dir = new_run_dir(cfg, dist_info)
         self.writer = tensorboard_writer(self.run_dir, cfg.train.tensorboard and self.main)
         self.model.trained_heads = self.state["trained"]  # the same list, grown as phases end
-        self.pace, self.eval_startup = TimeLeft(cfg.data.batch_size), 0.0  # eval_startup: the last pass's wait
+        self.pace, self.eval_startup = TimeLeft(cfg.data.batch_size * cfg.train.grad_accum), 0.0  # the last pass's wait
         self.run_log, self.record = None, {}
         if self.main:
             self.run_log = RunLog(self.run_dir)

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 # for kinds the run has not measured yet.
 RELATIVE_COST = {"warmup": 1.0, "cls": 1.0, "apn": 0.6, "apn_pretrain": 0.55, "fusion": 0.35}
 # Seconds per evaluated image, relative to a classification step's seconds per training image (the same run's test
-# pass: 0.32); used until a validation pass has been timed.
+# pass: 0.32); used until a validation pass or a FORWARD_ONLY phase has been timed.
 EVAL_COST = 0.3
 # Phases whose training images cost about what an evaluated image costs: every scale's forward pass, a backward
 # through small heads only (the APNs on detached crops, the fusion heads).
@@ -44,7 +44,8 @@ def validates(epoch: int, epochs: int, last_phase: bool, interval: int) -> bool:
 
 
 class TimeLeft:
-    """Seconds measured so far, and the estimate of what is left of the run."""
+    """Seconds measured so far, and the estimate of what is left of the run; ``batch_size`` is the training images
+    of one optimiser step (the batch times ``train.grad_accum``)."""
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = max(batch_size, 1)
