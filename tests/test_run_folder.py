@@ -172,9 +172,9 @@ def test_the_time_left_counts_the_images_of_an_optimiser_step(tmp_path, monkeypa
     sizes = []
     real = TimeLeft.__init__
 
-    def init(self, batch_size):
-        sizes.append(batch_size)
-        real(self, batch_size)
+    def init(self, images_per_step):
+        sizes.append(images_per_step)
+        real(self, images_per_step)
 
     monkeypatch.setattr(TimeLeft, "__init__", init)
     quiet = ["--set", "train.visualize=false", "--set", "train.tensorboard=false"]

@@ -45,7 +45,7 @@ def test_remaining_lists_the_epochs_and_validations_to_come():
 
 
 def test_time_left_counts_each_kind_at_its_pace_and_every_evaluation():
-    pace = TimeLeft(batch_size=10)
+    pace = TimeLeft(images_per_step=10)
     assert pace.estimate([("cls", 5)], 0) is None  # nothing measured yet
     pace.trained("cls", seconds=20.0, steps=10)  # 2 s a step
     pace.trained("fusion", seconds=4.0, steps=10)  # 0.4 s a step
@@ -56,7 +56,7 @@ def test_time_left_counts_each_kind_at_its_pace_and_every_evaluation():
 
 
 def test_a_forward_only_phase_times_the_evaluation_before_any_pass():
-    pace = TimeLeft(batch_size=16)
+    pace = TimeLeft(images_per_step=16)
     pace.trained("warmup", seconds=100.0, steps=10)
     assert pace.image_seconds() == pytest.approx(10.0 / 16 * EVAL_COST)  # from the classification pace
     pace.trained("apn_pretrain", seconds=12.0, steps=10)  # 160 images, all scales forward
@@ -64,7 +64,7 @@ def test_a_forward_only_phase_times_the_evaluation_before_any_pass():
 
 
 def test_a_kind_not_yet_seen_is_scaled_from_the_kinds_seen():
-    pace = TimeLeft(batch_size=8)
+    pace = TimeLeft(images_per_step=8)
     pace.trained("warmup", seconds=10.0, steps=10)  # 1 s a step
     expected = RELATIVE_COST["fusion"] / RELATIVE_COST["warmup"]
     assert pace.step_seconds("fusion") == pytest.approx(expected)
@@ -75,7 +75,7 @@ def test_a_kind_not_yet_seen_is_scaled_from_the_kinds_seen():
 
 def test_a_pass_start_up_is_paid_once_per_pass_not_per_image():
     """A small validation pass whose loader took 4 s to start: the test pass, 9x longer, is not 9x its time."""
-    pace = TimeLeft(batch_size=10)
+    pace = TimeLeft(images_per_step=10)
     pace.trained("cls", seconds=20.0, steps=10)
     pace.evaluated(seconds=10.0, images=75, startup=4.0)  # 6 s for 75 images once the first batch arrived
     assert pace.pass_seconds() == pytest.approx(4.0)

@@ -44,11 +44,11 @@ def validates(epoch: int, epochs: int, last_phase: bool, interval: int) -> bool:
 
 
 class TimeLeft:
-    """Seconds measured so far, and the estimate of what is left of the run; ``batch_size`` is the training images
-    of one optimiser step (the batch times ``train.grad_accum``)."""
+    """Seconds measured so far, and the estimate of what is left of the run; ``images_per_step`` is the training
+    images of one optimiser step (the batch times ``train.grad_accum``)."""
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = max(batch_size, 1)
+    def __init__(self, images_per_step: int) -> None:
+        self.images_per_step = max(images_per_step, 1)
         self.train: dict[str, list[float]] = {}  # kind -> [seconds, steps]
         self.eval = [0.0, 0]  # [seconds after each pass's first batch arrived, images]
         self.startup = [0.0, 0]  # [seconds until each pass's first batch arrived, passes]
@@ -88,11 +88,11 @@ class TimeLeft:
         seconds, images = self.eval
         for kind in FORWARD_ONLY:
             spent, steps = self.train.get(kind, (0.0, 0))
-            seconds, images = seconds + spent, images + steps * self.batch_size
+            seconds, images = seconds + spent, images + steps * self.images_per_step
         if images:
             return seconds / images
         step = self.step_seconds("cls")
-        return None if step is None else step / self.batch_size * EVAL_COST
+        return None if step is None else step / self.images_per_step * EVAL_COST
 
     def estimate(
         self, epochs_to_go: Sequence[tuple[str, int]], images_to_evaluate: int, passes: int = 0
