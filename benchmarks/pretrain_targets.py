@@ -64,9 +64,9 @@ def photo_map(backbone, view, source, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int) -> dict[str, torch.Tensor]:
-    """Each target's ``(B, 3)`` box ``(cx, cy, half side)`` for one batch, and the first APN's."""
-    out = model(view, source)
-    feature_map, weight = out.feature_maps[0].float(), model.classifiers[0].weight
+    """Each target's ``(B, 3)`` box ``(cx, cy, half side)`` for one batch, and the first APN's (scale 1 alone: the
+    zoomed scales are not needed, and its box is already in the image's coordinates)."""
+    feature_map, weight = model.backbones[0](view).float(), model.classifiers[0].weight
     side, min_side = cfg.train.pretrain_side, model.apns[0].min_side
     cam = class_activation_map(feature_map, weight, labels)
     boxes = {"channels": apn_targets(feature_map, side=side), "cam": apn_targets(cam[:, None], side=side)}
@@ -78,7 +78,7 @@ def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int) ->
         boxes.update({f"cam_extent t={t:g} at {cam_size} px": extent_boxes(fine, t, min_side) for t in thresholds})
         boxes.update({f"channels_extent t={t:g} at {cam_size} px": extent_boxes(fine_map.mean(1), t, min_side)
                       for t in thresholds})  # fmt: skip
-    boxes["apn"] = out.boxes_in_image[0].float()
+    boxes["apn"] = model.apns[0](feature_map).float()
     return boxes
 
 
