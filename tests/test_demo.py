@@ -262,3 +262,17 @@ def test_synthetic_attention_reduced(tmp_path):
     assert "| 0 | after the ranking phase, train.rank_coarser=trained |" in out  # a variant from the same checkpoint
     variant = load_checkpoint(tmp_path / "attention_s0_variant1" / "phase4_apn.pt")["model"]
     assert any(not torch.equal(after[k], variant[k]) for k in apn)
+
+
+@pytest.mark.slow
+def test_apn_capacity_reduced(tmp_path):
+    run = _tiny_run(tmp_path)
+    out = _run("benchmarks/apn_capacity.py", str(run), "--maps", "glance,last@64", "--targets",
+               "object,cam_extent@64", "--epochs", "2")  # fmt: skip
+    assert "| map | target | fit on train (IoU) | IoU | covers object | side | side corr |" in out
+    rows = {tuple(line.split(" | ")[:2]): line.split(" | ")[2:] for line in out.splitlines() if line.startswith("| ")}
+    names = [("| glance", "object"), ("| last@64", "object"), ("| glance", "cam_extent@64"),
+             ("| none", "object: the mean box"), ("| checkpoint's APN", "its own")]  # fmt: skip
+    assert all(name in rows for name in names), out
+    assert all(0 <= float(rows[name][1]) <= 1 for name in names)  # IoUs with the objects
+    assert float(rows[("| none", "object: the mean box")][5]) == 0  # a constant box does not move
