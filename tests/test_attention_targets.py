@@ -7,7 +7,7 @@ import torch
 
 from racnn import training
 from racnn.config import ConfigError, load_config
-from racnn.training.attention_targets import cam_targets, class_activation_map, extent_boxes
+from racnn.training.attention_targets import cam_targets, class_activation_map, extent_boxes, object_targets
 from test_training import CONFIG
 
 
@@ -56,6 +56,18 @@ def test_config_checks_of_the_cam_targets():
         load_config(CONFIG, ["train.pretrain_target=cam_extent", "model.regions=2"])
     with pytest.raises(ConfigError, match="pretrain_threshold"):
         load_config(CONFIG, ["train.pretrain_threshold=1.5"])
+    with pytest.raises(ConfigError, match="oracle_zoom replaces"):
+        load_config(CONFIG, ["train.pretrain_target=object", "model.oracle_zoom=true"])
+    with pytest.raises(ConfigError, match="warm-up"):  # the finer APNs' targets are CAM extents
+        load_config(CONFIG, ["train.pretrain_target=object", "train.warmup.epochs=0"])
+
+
+def test_object_targets_are_squares_of_at_least_the_apn_side_inside_the_image():
+    boxes = torch.tensor([[0.5, 0.5, 0.1], [0.9, 0.2, 0.05], [0.4, 0.6, 0.4]])  # (cx, cy, half side) as handed over
+    goal = object_targets(boxes, min_side=1 / 3)
+    assert goal[0].tolist() == pytest.approx([0.5, 0.5, 1 / 6])  # grown to the APN's smallest side, same centre
+    assert goal[1].tolist() == pytest.approx([1 - 1 / 6, 0.2, 1 / 6])  # grown at the right edge: moved inside
+    assert goal[2].tolist() == pytest.approx([0.4, 0.6, 0.4])  # large enough and inside: as it was
 
 
 def test_a_run_pretrains_its_apns_on_the_cam_extent(tmp_path):
@@ -67,3 +79,22 @@ def test_a_run_pretrains_its_apns_on_the_cam_extent(tmp_path):
     assert len(losses) == 2  # the APNs move towards the CAM's boxes: the regression loss falls
     assert losses[-1]["train_apn_pre1"] < losses[0]["train_apn_pre1"]
     assert "box_side_corr_s2" in result.metrics  # the synthetic set has object boxes: the boxes are scored
+
+
+def test_a_run_pretrains_its_first_apn_on_the_object_boxes(tmp_path, monkeypatch):
+    from racnn.training import steps
+
+    seen = []
+    real = steps.object_targets
+    monkeypatch.setattr(steps, "object_targets", lambda boxes, side: seen.append(boxes) or real(boxes, side))
+    overrides = [f"train.output_dir={tmp_path}", "train.visualize=false", "train.pretrain_target=object",
+                 "data.synthetic_train=64", "data.synthetic_test=32", "train.max_steps_per_epoch=2",
+                 "train.warmup.epochs=1", "train.rounds=0", "train.fusion.epochs=0",
+                 "train.apn_pretrain.epochs=2"]  # fmt: skip
+    result = training.fit(load_config(CONFIG, overrides))
+    losses = [row for row in result.history if row["phase"] == "apn_pretrain"]
+    assert len(losses) == 2 and losses[-1]["train_apn_pre1"] < losses[0]["train_apn_pre1"]
+    assert len(seen) == 4 and all(boxes.shape[1] == 3 for boxes in seen)  # two steps of two epochs, one batch each
+    objects = torch.cat(seen)  # the synthetic objects differ from image to image: the targets do too
+    assert objects[:, 2].std() > 0 and objects[:, 0].std() > 0
+    assert "box_side_corr_s2" in result.metrics

@@ -70,6 +70,27 @@ def test_the_box_follows_a_flip():
     assert item["first_boxes"].tolist() == pytest.approx([0.4, 0.4, 0.2], abs=1e-4)  # x 0.5..0.7 -> 0.3..0.5
 
 
+def test_the_pretraining_target_is_a_target_not_the_models_box():
+    transform = build_transforms("test", 32, [0.5] * 3, [0.5] * 3, 1.0, False)
+    item = ObjectBoxViews(_Photo(), transform, key="object_boxes")[0][0]
+    assert item["object_boxes"].tolist() == pytest.approx([0.7, 0.4, 0.2], abs=1e-4) and "first_boxes" not in item
+    assert model_inputs(item)[2] is None  # the model never sees it
+    with pytest.raises(ValueError, match="key"):
+        ObjectBoxViews(_Photo(), transform, key="boxes")
+
+
+def test_only_the_train_split_carries_the_pretraining_target(tmp_path):
+    root = make_cub(tmp_path / "cub", per_class=4)
+    settings = ["data.dataset=cub", f"data.root={root}", "data.options={}", "train.pretrain_target=object"]
+    cfg = load_config(CONFIG, settings)
+    assert isinstance(build_split(cfg, "train", [0.5] * 3, [0.5] * 3), ObjectBoxViews)
+    assert not isinstance(build_split(cfg, "test", [0.5] * 3, [0.5] * 3), ObjectBoxViews)
+    bare = make_cub(tmp_path / "bare", boxes=False)
+    cfg = load_config(CONFIG, [*settings[:1], f"data.root={bare}", *settings[2:]])
+    with pytest.raises(ConfigError, match="pretrain_target=object needs object boxes"):
+        build_split(cfg, "train", [0.5] * 3, [0.5] * 3)
+
+
 def test_a_data_set_without_boxes_is_refused_in_words(tmp_path):
     root = make_cub(tmp_path / "cub", boxes=False)
     cfg = load_config(CONFIG, ["data.dataset=cub", f"data.root={root}", "data.options={}", "model.oracle_zoom=true"])

@@ -46,7 +46,9 @@ def validate(cfg: Config) -> None:
     if t.eval_interval < -1:
         raise ConfigError(f"train.eval_interval must be -1, 0 or positive, got {t.eval_interval}")
     _one_of("train.rank_coarser", t.rank_coarser, ("trained", "fixed"))
-    _one_of("train.pretrain_target", t.pretrain_target, ("channels", "cam", "cam_extent"))
+    _one_of("train.pretrain_target", t.pretrain_target, ("channels", "cam", "cam_extent", "object"))
+    if t.pretrain_target == "object" and m.oracle_zoom:
+        raise ConfigError("train.pretrain_target=object trains the first APN, whose box model.oracle_zoom replaces")
     if t.pretrain_target != "channels" and m.regions != 1:
         raise ConfigError(f"train.pretrain_target={t.pretrain_target} takes one region, got model.regions={m.regions}")
     if t.pretrain_target != "channels" and t.apn_pretrain.epochs > 0 and t.warmup.epochs == 0:

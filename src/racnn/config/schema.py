@@ -111,7 +111,7 @@ class TrainConfig:
     margin: float = 0.05  # ranking-loss margin (paper: 0.05)
     rank_coarser: str = "fixed"  # fixed: p_t(s) a constant target for p_t(s+1) | trained: the literal loss
     pretrain_side: float | list[float] = 0.5  # APN pre-training target side, of its input's (paper: 1/2); or per APN
-    pretrain_target: str = "channels"  # channels (the map's mean) | cam | cam_extent: racnn.training.attention_targets
+    pretrain_target: str = "channels"  # channels (the map's mean) | cam | cam_extent | object (the annotated boxes)
     pretrain_threshold: float = 0.5  # cam_extent: the box holds where the CAM is above this fraction of its range
     region_overlap: float = 1.0  # APN phase, model.regions > 1: weight of the mean pairwise IoU of the regions
     max_steps_per_epoch: int = 0  # 0: whole epochs; >0 caps each epoch (quick checks)

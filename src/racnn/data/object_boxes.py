@@ -41,27 +41,35 @@ def square_box(xyxy: Tensor, min_side: float = MIN_ORACLE_SIDE) -> Tensor:
 
 
 class ObjectBoxViews(Dataset):
-    """Items ``({"images": input[, "source": source], "first_boxes": box}, label)`` of a data set with object boxes.
+    """Items ``({"images": input[, "source": source], key: box}, label)`` of a data set with object boxes.
+
+    ``key`` is ``"first_boxes"`` for the oracle-zoom control (the model's first box: ``RACNN.forward`` takes it) or
+    ``"object_boxes"`` for the box-supervised APN pre-training (``train.pretrain_target=object``: a target only, the
+    model never sees it).
 
     Args:
         dataset: a split built with :func:`racnn.data.to_tensor` as its transform (items: float images in [0, 1]
             and labels) whose
             ``object_boxes()`` gives ``(N, 4)`` normalised xyxy per item (NaN rows: unknown, the whole image).
         transform: the split's :func:`racnn.data.build_transforms`, called on ``(image, box)``.
+        key: the item's key of the box (see above).
+        needed_by: the setting named in the error when the data set has no boxes.
 
     Raises:
         ValueError: the data set has no object boxes.
     """
 
-    def __init__(self, dataset: Dataset, transform: Any) -> None:
+    def __init__(
+        self, dataset: Dataset, transform: Any, key: str = "first_boxes", needed_by: str = "model.oracle_zoom"
+    ) -> None:
+        if key not in ("first_boxes", "object_boxes"):
+            raise ValueError(f"key must be first_boxes or object_boxes, got {key!r}")
         get_boxes = getattr(dataset, "object_boxes", None)
         boxes = get_boxes() if callable(get_boxes) else None
         if boxes is None:
             name = getattr(dataset, "name", type(dataset).__name__)
-            raise ValueError(
-                f"model.oracle_zoom needs object boxes, and {name} has none (e.g. CUB's bounding_boxes.txt)"
-            )
-        self.dataset, self.transform = dataset, transform
+            raise ValueError(f"{needed_by} needs object boxes, and {name} has none (e.g. CUB's bounding_boxes.txt)")
+        self.dataset, self.transform, self.key = dataset, transform, key
         self.boxes = torch.as_tensor(boxes, dtype=torch.float32).view(-1, 4)
 
     def __len__(self) -> int:
@@ -80,7 +88,7 @@ class ObjectBoxViews(Dataset):
                                                                       canvas_size=(height, width)))  # fmt: skip
         out_h, out_w = moved.canvas_size
         xyxy = moved[0].as_subclass(Tensor).float() / torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
-        item = {"first_boxes": square_box(xyxy)}
+        item = {self.key: square_box(xyxy)}
         if isinstance(views, (tuple, list)):  # data.source_size: (input, source)
             item["images"], item["source"] = views
         else:
@@ -88,6 +96,6 @@ class ObjectBoxViews(Dataset):
         return item, label
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "transform", "boxes"):  # not set yet (e.g. while unpickling in a worker)
+        if name in ("dataset", "transform", "boxes", "key"):  # not set yet (e.g. while unpickling in a worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)

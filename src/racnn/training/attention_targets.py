@@ -14,6 +14,10 @@ says where the evidence for that class is: a linear classifier after global aver
 
 Both need trained classifiers: the warm-up phase trains them first (a config check asks for it).
 
+- ``object`` (box-supervised, not the paper: it reads the data set's annotated boxes in training): the first APN's
+  target is the object box made square (:func:`object_targets`), every finer APN's ``cam_extent``. What an APN can
+  learn when its target knows the object's size (docs/DESIGN.md, "Whole photographs").
+
 May import: torch, ``racnn.data.object_boxes``, ``racnn.modeling.losses``.
 """
 
@@ -26,9 +30,9 @@ from torch import Tensor
 from racnn.data.object_boxes import square_box
 from racnn.modeling.losses import apn_targets
 
-__all__ = ["PRETRAIN_TARGETS", "UPSAMPLE", "cam_targets", "class_activation_map", "extent_boxes"]
+__all__ = ["PRETRAIN_TARGETS", "UPSAMPLE", "cam_targets", "class_activation_map", "extent_boxes", "object_targets"]
 
-PRETRAIN_TARGETS = ("channels", "cam", "cam_extent")
+PRETRAIN_TARGETS = ("channels", "cam", "cam_extent", "object")
 UPSAMPLE = 4  # the CAM is thresholded at 4x the map's resolution (a 7 x 7 map: 28 x 28)
 
 
@@ -85,3 +89,12 @@ def cam_targets(
     if kind == "cam_extent":
         return extent_boxes(cam, threshold, min_side)
     raise ValueError(f"kind must be cam or cam_extent, got {kind!r}")
+
+
+@torch.no_grad()
+def object_targets(object_boxes: Tensor, min_side: float) -> Tensor:
+    """The ``object`` targets: the squares ``(B, 3)`` around object boxes ``(cx, cy, half side)`` (as
+    :class:`racnn.data.object_boxes.ObjectBoxViews` hands them), at least ``min_side`` (the APN's smallest side) and
+    moved to lie inside the image."""
+    centre, half = object_boxes[:, :2].float(), object_boxes[:, 2:].float()
+    return square_box(torch.cat([centre - half, centre + half], dim=1), min_side=min_side)

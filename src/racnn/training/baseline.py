@@ -80,7 +80,7 @@ def train_baseline(cfg: Config, keep_probs: bool = False) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, phase, steps_per_epoch(loader, cfg.train)[1] * epochs)
     smoothing = cfg.train.label_smoothing
 
-    def losses(net, inputs, targets):
+    def losses(net, inputs, targets, _extras):
         logits = net(inputs[0])  # scale 1's input; a source view (data.source_size) is not the baseline's
         return {"cls": F.cross_entropy(logits, targets, label_smoothing=smoothing)}, {"s1": logits}
 

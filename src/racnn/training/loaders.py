@@ -136,7 +136,8 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     its own there is no val (asking for it is a :class:`ConfigError`) and ``train`` is the whole training split.
 
     With ``model.oracle_zoom`` an item's image is a dict (:class:`racnn.data.object_boxes.ObjectBoxViews`) that also
-    holds the object box, moved by the same transform and made square: scale 2's box in the oracle control.
+    holds the object box, moved by the same transform and made square: scale 2's box in the oracle control. With
+    ``train.pretrain_target=object`` the train split's items hold it too, as the first APN's pre-training target.
     """
     from racnn.data import build_transforms, to_tensor
 
@@ -146,11 +147,15 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     transform = build_transforms(split, cfg.model.input_size, mean, std, d.resize_ratio, d.hflip, d.source_size)
     if split == "val" and not has_val_split(cfg):
         raise ConfigError(f"{d.dataset} has no validation split of its own and data.val_fraction is 0")
-    if cfg.model.oracle_zoom:  # the split without a transform, then the transform on each image and its object box
+    box_target = split == "train" and cfg.train.pretrain_target == "object"  # the first APN's pre-training target
+    if cfg.model.oracle_zoom or box_target:  # the split without a transform, then the transform on image and box
         from racnn.data.object_boxes import ObjectBoxViews
 
+        key, needed_by = ("first_boxes", "model.oracle_zoom")
+        if not cfg.model.oracle_zoom:
+            key, needed_by = "object_boxes", "train.pretrain_target=object"
         try:
-            return ObjectBoxViews(_split_of(cfg, split, to_tensor()), transform)
+            return ObjectBoxViews(_split_of(cfg, split, to_tensor()), transform, key, needed_by)
         except ValueError as error:
             raise ConfigError(str(error)) from None
     return _split_of(cfg, split, transform)

@@ -79,14 +79,23 @@ def model_inputs(images: Tensor | Sequence[Tensor] | dict[str, Tensor]) -> tuple
     if isinstance(images, Tensor):
         return (images,)
     if isinstance(images, dict):
-        return images["images"], images.get("source"), images["first_boxes"]
+        return images["images"], images.get("source"), images.get("first_boxes")
     views = tuple(images)
     if len(views) != 2 or not all(isinstance(view, Tensor) for view in views):
         raise TypeError(f"a batch's images must be a tensor or a pair [input, source], got {len(views)} items")
     return views
 
 
-LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor], tuple[dict[str, Tensor], dict[str, Tensor]]]
+Named = dict[str, Tensor]
+LossFn = Callable[[nn.Module, tuple[Tensor, ...], Tensor, Named], tuple[Named, Named]]
+
+
+def batch_extras(images: Tensor | Sequence[Tensor] | dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """What a batch holds besides the model's inputs and the labels, on the device: ``{"object_boxes": (B, 3)}``
+    for the box-supervised APN pre-training (``train.pretrain_target=object``), else nothing."""
+    if isinstance(images, dict) and "object_boxes" in images:
+        return {"object_boxes": images["object_boxes"].to(device, non_blocking=True)}
+    return {}
 
 
 def run_epoch(
@@ -97,8 +106,9 @@ def run_epoch(
     ctx: StepContext,
     compute_losses: LossFn,
 ) -> dict[str, float]:
-    """One pass over ``loader``: ``compute_losses(net, inputs, targets) -> (named losses, named logits)``, where
-    ``inputs`` are the model's positional inputs (:func:`model_inputs`: the images, and the source if any).
+    """One pass over ``loader``: ``compute_losses(net, inputs, targets, extras) -> (named losses, named logits)``,
+    where ``inputs`` are the model's positional inputs (:func:`model_inputs`: the images, and the source if any) and
+    ``extras`` the batch's other targets (:func:`batch_extras`).
 
     The named losses are summed and checked to be finite; the named logits give the running accuracies.
     Gradients are accumulated over ``train.grad_accum`` batches (the loss is divided accordingly).
@@ -120,10 +130,11 @@ def run_epoch(
         if i == batches:
             break
         inputs, targets = ctx.to_device(images, targets)
+        extras = batch_extras(images, ctx.device)
         step_now = (i + 1) % accum == 0 or i + 1 == batches
         with _no_sync(net, not step_now):
             with ctx.autocast():
-                losses, logits = compute_losses(net, inputs, targets)
+                losses, logits = compute_losses(net, inputs, targets, extras)
             loss = sum(losses.values())
             values = _finite_values({"loss": loss, **losses}, f"{ctx.where}, step {i + 1}/{batches}")
             _backward(loss / accum, ctx.scaler)

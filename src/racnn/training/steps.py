@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from racnn.config import per_apn
 from racnn.modeling.losses import apn_pretrain_loss, apn_targets, classification_losses, ranking_losses, region_targets
 from racnn.modeling.regions import as_regions, overlap_penalty
-from racnn.training.attention_targets import cam_targets
+from racnn.training.attention_targets import cam_targets, object_targets
 from racnn.training.loop import StepContext, run_epoch
 from racnn.training.schedule import crops_detached, prepare_phase
 
@@ -44,7 +44,7 @@ def train_classification_epoch(
     prepare_phase(model, "cls")
     smoothing = ctx.train.label_smoothing
 
-    def losses(net, inputs, targets):
+    def losses(net, inputs, targets, _extras):
         out = net(*inputs)
         return classification_losses(out.logits, targets, label_smoothing=smoothing), _scale_logits(out)
 
@@ -71,7 +71,7 @@ def train_apn_epoch(
     margin, coarser_fixed = ctx.train.margin, ctx.train.rank_coarser == "fixed"
     overlap_weight = getattr(ctx.train, "region_overlap", 0.0)
 
-    def losses(net, inputs, targets):
+    def losses(net, inputs, targets, _extras):
         out = net(*inputs)
         named = ranking_losses(out.logits, targets, margin=margin, coarser_fixed=coarser_fixed)
         if out.boxes and as_regions(out.boxes[0]).shape[1] > 1:
@@ -93,7 +93,9 @@ def pretrain_apn_epoch(
     """METHOD §4, 2: regress each APN onto the half-side window where its scale's conv map responds most.
 
     With ``train.pretrain_target`` ``cam`` or ``cam_extent`` the response is the class activation map of the scale's
-    classifier for the true class (:mod:`racnn.training.attention_targets`).
+    classifier for the true class (:mod:`racnn.training.attention_targets`). With ``object`` the first APN's target is
+    the annotated object box, made square (the batches carry it: ``extras["object_boxes"]``), and every finer APN's
+    is ``cam_extent`` (inside a zoom there is no annotated box).
 
     The targets come from ``feature_maps[s]`` (detached); the crops are detached too, so each APN learns from
     its own scale's target only. With K regions, the first APN's K boxes go to the K strongest disjoint windows
@@ -104,15 +106,18 @@ def pretrain_apn_epoch(
     sides = per_apn(ctx.train.pretrain_side, model.num_scales)  # the target side of each APN
     target, threshold = ctx.train.pretrain_target, ctx.train.pretrain_threshold
 
-    def losses(net, inputs, targets):
+    def losses(net, inputs, targets, extras):
         out = net(*inputs)
         named = {}
         for s, boxes in enumerate(out.boxes):
             side = sides[s]
             feature_map = out.feature_maps[s].detach().float()
-            if target != "channels":  # the class activation map of the scale's classifier (one region)
+            if target == "object" and s == 0:  # the annotated object box, made square (box-supervised)
+                goal = object_targets(extras["object_boxes"], model.apns[0].min_side)
+            elif target != "channels":  # the class activation map of the scale's classifier (one region)
+                kind = "cam_extent" if target == "object" else target  # inside a zoom there is no annotated box
                 weight, min_side = model.classifiers[s].weight, model.apns[s].min_side
-                goal = cam_targets(feature_map, weight, targets, target, side, threshold, min_side)  # (B, 3)
+                goal = cam_targets(feature_map, weight, targets, kind, side, threshold, min_side)  # (B, 3)
             elif s == 0 and boxes.dim() == 3:  # K regions proposed from one map
                 goal = region_targets(feature_map, boxes.shape[1], side=side)  # (B, K, 3)
             else:  # one box per map: (B, C, h, w), or a region's (B, K, C, h, w) flattened to B K maps
@@ -136,7 +141,7 @@ def train_fusion_epoch(
     prepare_phase(model, "fusion")
     smoothing = ctx.train.label_smoothing
 
-    def losses(net, inputs, targets):
+    def losses(net, inputs, targets, _extras):
         out = net(*inputs)
         named = {f"fuse{key}": F.cross_entropy(z, targets, label_smoothing=smoothing) for key, z in out.fused.items()}
         return named, dict(out.fused)
