@@ -13,6 +13,9 @@ correlation between the side and the object's size, and the centres' spread besi
 - ``channels_extent t=T``: the same square on the map's channel mean (where the network responds, any class);
 - with ``--cam-size N``, both extents on the map of the scale-1 network reading the photo at N px (the source
   view, resized): a finer map of the same classifier (a Lite0 at 160 px has a 5 x 5 map, at 448 px 14 x 14);
+- with ``--zoom-sides``, ``zoom_gain``: of the squares of those sides around the centre of ``cam_extent t=0.5``
+  (moved inside the image), the one whose zoom scale 2's classifier is most sure of the true class (the ranking
+  loss's own signal: a zoom should raise the true class's probability);
 - ``apn``: the first APN's box as the checkpoint proposes it.
 
 The targets read the true class (they are training targets). Prints one table; nothing is asserted or written.
@@ -47,6 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="whose images (default val)")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5,0.6", help="cam_extent thresholds (comma-separated)")
     parser.add_argument("--cam-size", type=int, default=0, help="also the CAM of scale 1 reading the photo at N px")
+    parser.add_argument("--zoom-sides", default="", help="zoom_gain's candidate sides (comma-separated; none: off)")
     parser.add_argument("--images", type=int, default=0, help="at most this many images (0: all)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -63,7 +67,25 @@ def photo_map(backbone, view, source, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int) -> dict[str, torch.Tensor]:
+def zoom_gain_boxes(model, view, source, labels, centres: torch.Tensor, sides: list[float]) -> torch.Tensor:
+    """Per image, the square of ``sides`` around ``centres`` whose zoom scale 2 is most sure of the true class."""
+    best, best_score = None, None
+    for side in sides:
+        half = torch.full_like(centres[:, :1], side / 2)
+        boxes = torch.cat([centres.clamp(side / 2, 1 - side / 2), half], dim=1)
+        zoom = model._zoom(view, source, boxes)
+        log_p = model.classifiers[1](model.backbones[1](zoom).mean(dim=(2, 3))).float().log_softmax(-1)
+        score = log_p.gather(1, labels[:, None])[:, 0]
+        if best is None:
+            best, best_score = boxes, score
+        else:
+            better = score > best_score
+            best, best_score = torch.where(better[:, None], boxes, best), torch.maximum(score, best_score)
+    return best
+
+
+@torch.no_grad()
+def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int, sides) -> dict[str, torch.Tensor]:
     """Each target's ``(B, 3)`` box ``(cx, cy, half side)`` for one batch, and the first APN's (scale 1 alone: the
     zoomed scales are not needed, and its box is already in the image's coordinates)."""
     feature_map, weight = model.backbones[0](view).float(), model.classifiers[0].weight
@@ -78,6 +100,9 @@ def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int) ->
         boxes.update({f"cam_extent t={t:g} at {cam_size} px": extent_boxes(fine, t, min_side) for t in thresholds})
         boxes.update({f"channels_extent t={t:g} at {cam_size} px": extent_boxes(fine_map.mean(1), t, min_side)
                       for t in thresholds})  # fmt: skip
+    if sides:
+        centres = extent_boxes(cam, 0.5, min_side)[:, :2]
+        boxes["zoom_gain"] = zoom_gain_boxes(model, view, source, labels, centres, sides)
     boxes["apn"] = model.apns[0](feature_map).float()
     return boxes
 
@@ -85,6 +110,7 @@ def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int) ->
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
+    sides = [float(s) for s in args.zoom_sides.split(",") if s]
     model, cfg, _ = load_model(find_model_file(args.checkpoint))
     model.eval()
     cfg = apply_overrides(cfg, ["data.num_workers=0", *args.overrides])
@@ -99,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for images, labels, *_ in loader:
         view, source = images if isinstance(images, (list, tuple)) else (images, None)
         batch_objects = objects[seen : seen + len(labels)]
-        for name, boxes in target_boxes(model, cfg, view, source, labels, thresholds, args.cam_size).items():
+        for name, boxes in target_boxes(model, cfg, view, source, labels, thresholds, args.cam_size, sides).items():
             sums[name] = sums.get(name, 0) + box_sums(boxes, batch_objects)
         seen += len(labels)
         if args.images and seen >= args.images:

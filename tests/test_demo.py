@@ -225,12 +225,14 @@ def test_box_spread_reduced(tmp_path):
 def test_pretrain_targets_reduced(tmp_path):
     run = _tiny_run(tmp_path, "train.pretrain_side=0.5")
     out = _run("benchmarks/pretrain_targets.py", str(run), "--split", "test", "--images", "6", "--thresholds",
-               "0.3,0.5", "--cam-size", "64")  # fmt: skip
+               "0.3,0.5", "--cam-size", "64", "--zoom-sides", "0.5,1.0")  # fmt: skip
     assert "| target | IoU | covers object | on object | centre in | side | side corr |" in out
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in out.splitlines() if line.startswith("| ")}
     names = ["channels", "cam", "cam_extent t=0.3", "cam_extent t=0.5", "channels_extent t=0.3", "apn",
-             "channels_extent t=0.5", "cam_extent t=0.3 at 64 px", "channels_extent t=0.5 at 64 px"]  # fmt: skip
+             "channels_extent t=0.5", "cam_extent t=0.3 at 64 px", "channels_extent t=0.5 at 64 px",
+             "zoom_gain"]  # fmt: skip
     assert all(name in rows for name in names), out
+    assert 0.5 - 1e-6 <= float(rows["zoom_gain"][4]) <= 1 + 1e-6  # one of the two candidate sides, on average
     assert float(rows["channels"][4]) == pytest.approx(0.5) and float(rows["cam"][4]) == pytest.approx(0.5)
     assert all(0 <= float(rows[name][0]) <= 1 for name in names) and "objects" in rows  # IoUs; the yardstick
 
