@@ -27,16 +27,15 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from racnn.checkpoint import find_model_file, load_model
-from racnn.config import apply_overrides
+from diagnosed_split import add_data_options, load_diagnosed, photo_at
 from racnn.data.object_boxes import square_box
+from racnn.modeling.crop import boxes_to_xyxy
 from racnn.modeling.losses import apn_pretrain_loss
 from racnn.modeling.model import APN
 from racnn.training import build_split, make_eval_loader, object_boxes_in_input
 from racnn.training.attention_targets import class_activation_map, extent_boxes
-from racnn.training.box_scores import box_scores, box_sums, object_scores, object_sums
+from racnn.training.box_scores import box_scores, box_sums, object_scores, object_sums, xyxy_iou
 
 HEADER = "| map | target | fit on train (IoU) | IoU | covers object | side | side corr | std centre x | std centre y |"
 RULE = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -54,15 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-split", default="train", choices=("train", "val"))
     parser.add_argument("--score-split", default="val", choices=("train", "val"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="data settings, e.g. data.root=/data/CUB_200_2011")  # fmt: skip
+    add_data_options(parser, split=False)
     return parser
-
-
-def photo_at(view, source, size: int) -> torch.Tensor:
-    """The photo (the source view, or scale 1's input) resized to ``size`` px."""
-    photo = source if source is not None else view
-    return F.interpolate(photo, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def stage_map(backbone, images: torch.Tensor, stage: int) -> torch.Tensor:
@@ -112,13 +104,13 @@ def cache(model, cfg, split: str, maps: list[str], targets: list[str], threshold
     return cached, objects
 
 
-def fit_apn(maps: torch.Tensor, goals: torch.Tensor, model, pool: int, epochs: int, lr: float, seed: int) -> APN:
-    """A fresh APN of the checkpoint's shape fitted to ``goals`` (``(N, 3)``) from ``maps``, flips as augmentation."""
+def fit_apn(maps: torch.Tensor, goals: torch.Tensor, cfg, pool: int, epochs: int, lr: float, seed: int) -> APN:
+    """A fresh APN of the checkpoint's shape (``cfg.model``) fitted to ``goals`` (``(N, 3)``) from ``maps``, flips as
+    augmentation."""
     torch.manual_seed(seed)
-    first = model.apns[0]
-    apn = APN(maps.shape[1], pool=pool or first.pool.output_size, hidden=first.fc1.out_features,
-              min_side=first.min_side, channels=getattr(first.reduce[0], "out_channels", 0)
-              if isinstance(first.reduce, torch.nn.Sequential) else 0)  # fmt: skip
+    m = cfg.model
+    apn = APN(maps.shape[1], pool=pool or m.apn_pool, hidden=m.apn_hidden, min_side=m.min_side,
+              channels=m.apn_channels)  # fmt: skip
     optimizer = torch.optim.AdamW(apn.parameters(), lr=lr, weight_decay=1e-4)
     flipped_goals = goals * goals.new_tensor([-1.0, 1.0, 1.0]) + goals.new_tensor([1.0, 0.0, 0.0])
     for _ in range(epochs):
@@ -141,19 +133,13 @@ def row(label: str, fit: float, boxes: torch.Tensor, objects: torch.Tensor) -> s
 
 def iou_with(boxes: torch.Tensor, goals: torch.Tensor) -> float:
     """The mean IoU of two sets of square boxes ``(cx, cy, half side)``."""
-    lo = torch.maximum(boxes[:, :2] - boxes[:, 2:], goals[:, :2] - goals[:, 2:])
-    hi = torch.minimum(boxes[:, :2] + boxes[:, 2:], goals[:, :2] + goals[:, 2:])
-    inter = (hi - lo).clamp(min=0).prod(1)
-    union = (2 * boxes[:, 2]) ** 2 + (2 * goals[:, 2]) ** 2 - inter
-    return float((inter / union).mean())
+    return float(xyxy_iou(boxes_to_xyxy(boxes.float()), boxes_to_xyxy(goals.float())).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     maps, targets = [m for m in args.maps.split(",") if m], [t for t in args.targets.split(",") if t]
-    model, cfg, _ = load_model(find_model_file(args.checkpoint))
-    model.eval()
-    cfg = apply_overrides(cfg, ["data.num_workers=0", *args.overrides])
+    model, cfg, _ = load_diagnosed(args.checkpoint, args.overrides)
     train, _ = cache(model, cfg, args.train_split, maps, targets, args.threshold)
     score, objects = cache(model, cfg, args.score_split, maps, targets, args.threshold)
     print(f"fitted on {args.train_split} ({len(train['apn'])} images), scored on {args.score_split} "
@@ -164,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         fit = iou_with(mean.expand_as(train[target]), train[target])
         print(row(f"none | {target}: the mean box", fit, mean.expand(len(objects), 3), objects))
         for name in maps:
-            apn = fit_apn(train[name], train[target], model, args.pool, args.epochs, args.lr, args.seed)
+            apn = fit_apn(train[name], train[target], cfg, args.pool, args.epochs, args.lr, args.seed)
             with torch.no_grad():
                 fit = iou_with(apn(train[name]), train[target])
                 print(row(f"{name} | {target}", fit, apn(score[name]), objects), flush=True)

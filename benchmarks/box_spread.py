@@ -18,8 +18,7 @@ import sys
 
 import torch
 
-from racnn.checkpoint import find_model_file, load_model
-from racnn.config import apply_overrides
+from diagnosed_split import add_data_options, load_diagnosed
 from racnn.modeling.regions import as_regions
 from racnn.training import build_split, make_eval_loader, object_boxes_in_input
 
@@ -30,11 +29,7 @@ RULE = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="run folders or model files")
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="whose images (default val)")
-    parser.add_argument("--images", type=int, default=0, help="at most this many images (0: all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="data settings, e.g. data.root=/data/CUB_200_2011")  # fmt: skip
+    add_data_options(parser)
     return parser
 
 
@@ -87,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     print(HEADER + "\n" + RULE, flush=True)
     for path in args.checkpoints:
-        source = find_model_file(path)
-        model, cfg, _ = load_model(source)
-        model.eval()
-        cfg = apply_overrides(cfg, ["data.num_workers=0", *args.overrides])
+        model, cfg, source = load_diagnosed(path, args.overrides)
         data = build_split(cfg, args.split, list(model.mean), list(model.std))
         loader = make_eval_loader(data, args.batch_size, num_workers=0)
         name = source.parent.name if source.name in ("model.safetensors", "best.pt", "last.pt") else source.name

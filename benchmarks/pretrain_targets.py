@@ -30,10 +30,8 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
-from racnn.checkpoint import find_model_file, load_model
-from racnn.config import apply_overrides
+from diagnosed_split import add_data_options, load_diagnosed, photo_at
 from racnn.modeling.losses import apn_targets
 from racnn.training import build_split, make_eval_loader, object_boxes_in_input
 from racnn.training.attention_targets import class_activation_map, extent_boxes
@@ -47,23 +45,11 @@ COLUMNS = ("iou", "covers_object", "on_object", "in_object", "side", "side_corr"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a run folder or a model file")
-    parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="whose images (default val)")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5,0.6", help="cam_extent thresholds (comma-separated)")
     parser.add_argument("--cam-size", type=int, default=0, help="also the CAM of scale 1 reading the photo at N px")
     parser.add_argument("--zoom-sides", default="", help="zoom_gain's candidate sides (comma-separated; none: off)")
-    parser.add_argument("--images", type=int, default=0, help="at most this many images (0: all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="data settings, e.g. data.root=/data/CUB_200_2011")  # fmt: skip
+    add_data_options(parser)
     return parser
-
-
-@torch.no_grad()
-def photo_map(backbone, view, source, size: int) -> torch.Tensor:
-    """Scale 1's conv map of the photo read at ``size`` px: the source view (or scale 1's input), resized."""
-    photo = source if source is not None else view
-    resized = F.interpolate(photo, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return backbone(resized).float()
 
 
 @torch.no_grad()
@@ -95,7 +81,7 @@ def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int, si
     boxes.update({f"cam_extent t={t:g}": extent_boxes(cam, t, min_side) for t in thresholds})
     boxes.update({f"channels_extent t={t:g}": extent_boxes(feature_map.mean(1), t, min_side) for t in thresholds})
     if cam_size:
-        fine_map = photo_map(model.backbones[0], view, source, cam_size)
+        fine_map = model.backbones[0](photo_at(view, source, cam_size)).float()  # the photo at cam_size px
         fine = class_activation_map(fine_map, weight, labels)
         boxes.update({f"cam_extent t={t:g} at {cam_size} px": extent_boxes(fine, t, min_side) for t in thresholds})
         boxes.update({f"channels_extent t={t:g} at {cam_size} px": extent_boxes(fine_map.mean(1), t, min_side)
@@ -111,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     sides = [float(s) for s in args.zoom_sides.split(",") if s]
-    model, cfg, _ = load_model(find_model_file(args.checkpoint))
-    model.eval()
-    cfg = apply_overrides(cfg, ["data.num_workers=0", *args.overrides])
+    model, cfg, _ = load_diagnosed(args.checkpoint, args.overrides)
     data = build_split(cfg, args.split, list(model.mean), list(model.std))
     objects = object_boxes_in_input(data, cfg.model.input_size, cfg.data.resize_ratio)
     if objects is None:

@@ -18,7 +18,7 @@ Both need trained classifiers: the warm-up phase trains them first (a config che
   target is the object box made square (:func:`object_targets`), every finer APN's ``cam_extent``. What an APN can
   learn when its target knows the object's size (docs/DESIGN.md, "Whole photographs").
 
-May import: torch, ``racnn.data.object_boxes``, ``racnn.modeling.losses``.
+May import: torch, ``racnn.data.object_boxes``, ``racnn.modeling.crop``, ``racnn.modeling.losses``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from racnn.data.object_boxes import square_box
+from racnn.modeling.crop import boxes_to_xyxy
 from racnn.modeling.losses import apn_targets
 
 __all__ = ["PRETRAIN_TARGETS", "UPSAMPLE", "cam_targets", "class_activation_map", "extent_boxes", "object_targets"]
@@ -96,5 +97,4 @@ def object_targets(object_boxes: Tensor, min_side: float) -> Tensor:
     """The ``object`` targets: the squares ``(B, 3)`` around object boxes ``(cx, cy, half side)`` (as
     :class:`racnn.data.object_boxes.ObjectBoxViews` hands them), at least ``min_side`` (the APN's smallest side) and
     moved to lie inside the image."""
-    centre, half = object_boxes[:, :2].float(), object_boxes[:, 2:].float()
-    return square_box(torch.cat([centre - half, centre + half], dim=1), min_side=min_side)
+    return square_box(boxes_to_xyxy(object_boxes.float()), min_side=min_side)
