@@ -15,7 +15,8 @@ correlation between the side and the object's size, and the centres' spread besi
   view, resized): a finer map of the same classifier (a Lite0 at 160 px has a 5 x 5 map, at 448 px 14 x 14);
 - with ``--zoom-sides``, ``zoom_gain``: of the squares of those sides around the centre of ``cam_extent t=0.5``
   (moved inside the image), the one whose zoom scale 2's classifier is most sure of the true class (the ranking
-  loss's own signal: a zoom should raise the true class's probability);
+  loss's own signal, :func:`racnn.training.attention_targets.zoom_gain_targets`, which `train.apn_loss=zoom_gain`
+  trains the APNs on);
 - ``apn``: the first APN's box as the checkpoint proposes it.
 
 The targets read the true class (they are training targets). Prints one table; nothing is asserted or written.
@@ -34,7 +35,7 @@ import torch
 from diagnosed_split import add_data_options, load_diagnosed, photo_at
 from racnn.modeling.losses import apn_targets
 from racnn.training import build_split, make_eval_loader, object_boxes_in_input
-from racnn.training.attention_targets import class_activation_map, extent_boxes
+from racnn.training.attention_targets import class_activation_map, extent_boxes, zoom_gain_targets
 from racnn.training.box_scores import box_scores, box_sums, object_scores, object_sums
 
 HEADER = "| target | IoU | covers object | on object | centre in | side | side corr | std centre x | std centre y |"
@@ -50,24 +51,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--zoom-sides", default="", help="zoom_gain's candidate sides (comma-separated; none: off)")
     add_data_options(parser)
     return parser
-
-
-@torch.no_grad()
-def zoom_gain_boxes(model, view, source, labels, centres: torch.Tensor, sides: list[float]) -> torch.Tensor:
-    """Per image, the square of ``sides`` around ``centres`` whose zoom scale 2 is most sure of the true class."""
-    best, best_score = None, None
-    for side in sides:
-        half = torch.full_like(centres[:, :1], side / 2)
-        boxes = torch.cat([centres.clamp(side / 2, 1 - side / 2), half], dim=1)
-        zoom = model._zoom(view, source, boxes)
-        log_p = model.classifiers[1](model.backbones[1](zoom).mean(dim=(2, 3))).float().log_softmax(-1)
-        score = log_p.gather(1, labels[:, None])[:, 0]
-        if best is None:
-            best, best_score = boxes, score
-        else:
-            better = score > best_score
-            best, best_score = torch.where(better[:, None], boxes, best), torch.maximum(score, best_score)
-    return best
 
 
 @torch.no_grad()
@@ -87,8 +70,8 @@ def target_boxes(model, cfg, view, source, labels, thresholds, cam_size: int, si
         boxes.update({f"channels_extent t={t:g} at {cam_size} px": extent_boxes(fine_map.mean(1), t, min_side)
                       for t in thresholds})  # fmt: skip
     if sides:
-        centres = extent_boxes(cam, 0.5, min_side)[:, :2]
-        boxes["zoom_gain"] = zoom_gain_boxes(model, view, source, labels, centres, sides)
+        around = extent_boxes(cam, 0.5, min_side)  # the candidates are centred on it
+        boxes["zoom_gain"] = zoom_gain_targets(model, view, source, [around], 0, labels, sides)
     boxes["apn"] = model.apns[0](feature_map).float()
     return boxes
 

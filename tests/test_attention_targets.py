@@ -7,7 +7,14 @@ import torch
 
 from racnn import training
 from racnn.config import ConfigError, load_config
-from racnn.training.attention_targets import cam_targets, class_activation_map, extent_boxes, object_targets
+from racnn.modeling.crop import attention_crop
+from racnn.training.attention_targets import (
+    cam_targets,
+    class_activation_map,
+    extent_boxes,
+    object_targets,
+    zoom_gain_targets,
+)
 from test_training import CONFIG
 
 
@@ -98,3 +105,51 @@ def test_a_run_pretrains_its_first_apn_on_the_object_boxes(tmp_path, monkeypatch
     objects = torch.cat(seen)  # the synthetic objects differ from image to image: the targets do too
     assert objects[:, 2].std() > 0 and objects[:, 0].std() > 0
     assert "box_side_corr_s2" in result.metrics
+
+
+class _RingJudge(torch.nn.Module):
+    """Scales 2 and 3 as a judge of zooms: the backbone passes the zoom through, the classifier's class-0 logit is 20
+    times the zoom's mean of channel 0, which is lit on a ring around the image's centre (between the squares of
+    side 0.25 and 0.5). So class 0 is surest of the zoom that holds the ring and little else (the square of side
+    0.5), class 1 of the zoom that holds none of it."""
+
+    zoom_size = 32
+
+    def __init__(self):
+        super().__init__()
+        self.backbones = torch.nn.ModuleList([torch.nn.Identity()] * 3)
+        judge = torch.nn.Linear(3, 2, bias=False)
+        judge.weight.data = torch.tensor([[20.0, 0, 0], [0, 0, 0]])
+        self.classifiers = torch.nn.ModuleList([judge] * 3)
+
+    def _zoom(self, images, source, boxes):
+        return attention_crop(images, boxes, self.zoom_size, k=50.0)
+
+    @staticmethod
+    def image() -> torch.Tensor:
+        ring = torch.zeros(1, 3, 64, 64)
+        ring[:, 0, 16:48, 16:48] = 1.0
+        ring[:, 0, 24:40, 24:40] = 0.0
+        return ring
+
+
+def test_the_zoom_gain_target_is_the_side_the_next_scale_is_surest_of():
+    model, images = _RingJudge(), _RingJudge.image().repeat(2, 1, 1, 1)
+    labels = torch.tensor([0, 1])
+    first = torch.tensor([[0.5, 0.5, 0.3], [0.5, 0.5, 0.3]])  # the APN's own box: only its centre is read
+    goal = zoom_gain_targets(model, images, None, [first], 0, labels, [0.25, 0.5, 1.0])
+    assert goal[0].tolist() == pytest.approx([0.5, 0.5, 0.25])  # class 0: the square that holds the ring
+    assert goal[1].tolist() == pytest.approx([0.5, 0.5, 0.125])  # class 1: the square inside it
+    # off-centre, the candidates keep the APN's centre where they fit and move inside the image where they do not
+    shifted = torch.tensor([[0.3, 0.6, 0.2], [0.3, 0.6, 0.2]])
+    goal = zoom_gain_targets(model, images, None, [shifted], 0, labels, [0.25, 1.0])
+    assert goal[0].tolist() == pytest.approx([0.3, 0.6, 0.125])  # class 0: the small square, on the ring's side
+    assert goal[1].tolist() == pytest.approx([0.5, 0.5, 0.5])  # class 1: the whole image (the least ring)
+
+
+def test_the_zoom_gain_target_of_a_finer_apn_is_in_its_own_frame():
+    model, images = _RingJudge(), _RingJudge.image()
+    first = torch.tensor([[0.5, 0.5, 0.25]])  # scale 2 reads the central half: the ring fills its whole frame
+    second = torch.tensor([[0.5, 0.5, 0.3]])
+    goal = zoom_gain_targets(model, images, None, [first, second], 1, torch.tensor([0]), [0.5, 1.0])
+    assert goal[0].tolist() == pytest.approx([0.5, 0.5, 0.5])  # the whole of scale 2's input holds the ring

@@ -18,6 +18,12 @@ Both need trained classifiers: the warm-up phase trains them first (a config che
   target is the object box made square (:func:`object_targets`), every finer APN's ``cam_extent``. What an APN can
   learn when its target knows the object's size (docs/DESIGN.md, "Whole photographs").
 
+``zoom_gain`` (:func:`zoom_gain_targets`, read by ``benchmarks/pretrain_targets.py --zoom-sides``, not a training
+option): of squares of several sides around a centre, the one whose zoom the next scale's trained classifier is most
+sure of: the ranking loss's own signal (a finer scale should be surer of the true class) searched over the box side,
+from the class labels only. As a regression target of the round's APN phase, in place of the ranking loss, it did
+not pay on the development split (docs/BENCHMARKS.md, "zoom_gain as the APN phase's target").
+
 May import: torch, ``racnn.data.object_boxes``, ``racnn.modeling.crop``, ``racnn.modeling.losses``.
 """
 
@@ -28,10 +34,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from racnn.data.object_boxes import square_box
-from racnn.modeling.crop import boxes_to_xyxy
+from racnn.modeling.crop import boxes_to_xyxy, compose_boxes
 from racnn.modeling.losses import apn_targets
 
-__all__ = ["PRETRAIN_TARGETS", "UPSAMPLE", "cam_targets", "class_activation_map", "extent_boxes", "object_targets"]
+__all__ = [
+    "PRETRAIN_TARGETS",
+    "UPSAMPLE",
+    "cam_targets",
+    "class_activation_map",
+    "extent_boxes",
+    "object_targets",
+    "zoom_gain_targets",
+]
 
 PRETRAIN_TARGETS = ("channels", "cam", "cam_extent", "object")
 UPSAMPLE = 4  # the CAM is thresholded at 4x the map's resolution (a 7 x 7 map: 28 x 28)
@@ -98,3 +112,40 @@ def object_targets(object_boxes: Tensor, min_side: float) -> Tensor:
     :class:`racnn.data.object_boxes.ObjectBoxViews` hands them), at least ``min_side`` (the APN's smallest side) and
     moved to lie inside the image."""
     return square_box(boxes_to_xyxy(object_boxes.float()), min_side=min_side)
+
+
+@torch.no_grad()
+def zoom_gain_targets(
+    model, images: Tensor, source: Tensor | None, boxes: list[Tensor], apn: int, labels: Tensor, sides: list[float]
+) -> Tensor:
+    """The ``zoom_gain`` target of APN ``apn`` (0: the first): per image, of the squares of ``sides`` around the
+    centre of its box (moved inside its input), the one whose zoom scale ``apn + 2``'s classifier is most sure of the
+    true class (the smallest side where several tie).
+
+    Args:
+        model: the :class:`racnn.modeling.model.RACNN` (one region per scale): its backbones, classifiers and zoom.
+        images: ``(B, 3, H, W)`` scale 1's input; ``source`` the same framing at a higher resolution, or ``None``.
+        boxes: the APNs' boxes of this batch, ``(B, 3)`` each, each in its own input's frame (``out.boxes``).
+        apn: which APN's target.
+        labels: ``(B,)`` the true classes.
+        sides: the candidate sides, in units of the APN's input.
+
+    Returns:
+        ``(B, 3)`` target boxes ``(cx, cy, half side)`` in the APN's own frame, no gradient.
+    """
+    chain = [box.detach().float() for box in boxes[: apn + 1]]
+    centres = chain[-1][:, :2]
+    best, best_score = None, None
+    for side in sides:
+        half = torch.full_like(centres[:, :1], side / 2)
+        candidate = torch.cat([centres.clamp(side / 2, 1 - side / 2), half], dim=1)  # (B, 3)
+        composed = compose_boxes([*chain[:-1], candidate], (images.shape[-2], images.shape[-1]))[-1]
+        zoom = model._zoom(images, source, composed)
+        pooled = model.backbones[apn + 1](zoom).mean(dim=(2, 3))
+        score = model.classifiers[apn + 1](pooled).float().log_softmax(-1).gather(1, labels[:, None])[:, 0]
+        if best is None:
+            best, best_score = candidate, score
+        else:
+            better = score > best_score
+            best, best_score = torch.where(better[:, None], candidate, best), torch.maximum(score, best_score)
+    return best
