@@ -21,6 +21,7 @@ import torch
 from diagnosed_split import add_data_options, load_diagnosed
 from racnn.modeling.regions import as_regions
 from racnn.training import build_split, make_eval_loader, object_boxes_in_input
+from racnn.training.loop import model_inputs
 
 HEADER = "| run | scale | region | centre x | centre y | side | std centre x | std centre y | std side | images |"
 RULE = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -39,8 +40,7 @@ def image_boxes(model, loader, limit: int) -> list[torch.Tensor]:
     per_scale: list[list[torch.Tensor]] = []
     seen = 0
     for batch in loader:
-        images = batch[0]
-        out = model(*images) if isinstance(images, (list, tuple)) else model(images)
+        out = model(*model_inputs(batch[0]))  # the images, the source view, the oracle's object boxes
         for s, boxes in enumerate(out.boxes_in_image):
             if len(per_scale) <= s:
                 per_scale.append([])

@@ -3,6 +3,7 @@ accuracy is asserted here: those are measured by the benchmarks themselves, docs
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,36 @@ def test_box_spread_reduced(tmp_path):
         ["objects", "-"],
     ]
     assert all(line.endswith("| 6 |") for line in lines)  # the synthetic objects' own spread over the same 6 images
+
+
+@pytest.mark.slow
+def test_box_picture_reduced(tmp_path):
+    run = _tiny_run(tmp_path, "train.pretrain_side=0.5")
+    oracle = _tiny_run(tmp_path, "model.oracle_zoom=true", "train.name=oracle")  # its items carry the object boxes
+    picture = tmp_path / "boxes.png"
+    out = _run("benchmarks/box_picture.py", str(run), str(oracle), "--names", "learnt,oracle", "--split", "test",
+               "--images", "6", "--out", str(picture))  # fmt: skip
+    lines = {line.split(":")[0]: line for line in out.splitlines() if " images; r: " in line}
+    assert set(lines) == {"learnt", "oracle"} and all("6 images" in line for line in lines.values())
+    offsets = [float(v) for v in lines["oracle"].split("mean centre offset x ")[1].split(", y ")]
+    assert max(abs(v) for v in offsets) < 0.02  # the oracle's box is centred on the object (moved inside the image)
+    assert "centre x against object's 1.000" in lines["oracle"]
+    assert picture.stat().st_size > 10_000 and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_box_picture_rows_and_correlation():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from box_picture import box_and_object, correlation
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    boxes = torch.tensor([[0.5, 0.5, 0.25], [0.3, 0.4, 0.1], [0.6, 0.6, 0.2]])  # (cx, cy, half side)
+    objects = torch.tensor([[0.25, 0.25, 0.75, 0.75], [float("nan")] * 4, [0.5, 0.5, 0.7, 0.9]])  # xyxy; one unknown
+    box, obj = box_and_object(boxes, objects)
+    assert box.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5, 0.4, 0.6, 0.6])  # side, cx, cy of the known two
+    assert obj.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5, (0.2 * 0.4) ** 0.5, 0.6, 0.7])  # sqrt(area), centre
+    assert correlation(torch.tensor([1.0, 2, 3]), torch.tensor([2.0, 4, 6])) == pytest.approx(1.0)
+    assert math.isnan(correlation(torch.ones(3), torch.tensor([1.0, 2, 3])))  # a fixed zoom's side
 
 
 @pytest.mark.slow
