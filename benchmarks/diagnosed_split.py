@@ -1,5 +1,6 @@
-"""What the checkpoint diagnostics share (``box_spread``, ``pretrain_targets``, ``apn_capacity``): their data options,
-the checkpoint's model with the config it was trained with, and scale 1's photo read at another size.
+"""What the checkpoint diagnostics share (``box_spread``, ``box_picture``, ``pretrain_targets``, ``apn_capacity``):
+their data options, the checkpoint's model with the config it was trained with, and scale 1's photo read at another
+size.
 
 A helper module of the scripts in this folder (each imports it as ``diagnosed_split``); not a benchmark itself.
 """
