@@ -15,8 +15,8 @@ correlation between the side and the object's size, and the centres' spread besi
   view, resized): a finer map of the same classifier (a Lite0 at 160 px has a 5 x 5 map, at 448 px 14 x 14);
 - with ``--zoom-sides``, ``zoom_gain``: of the squares of those sides around the centre of ``cam_extent t=0.5``
   (moved inside the image), the one whose zoom scale 2's classifier is most sure of the true class (the ranking
-  loss's own signal, :func:`racnn.training.attention_targets.zoom_gain_targets`, which `train.apn_loss=zoom_gain`
-  trains the APNs on);
+  loss's own signal, :func:`racnn.training.attention_targets.zoom_gain_targets`; tried as the APN phase's target
+  and not kept, docs/BENCHMARKS.md);
 - ``apn``: the first APN's box as the checkpoint proposes it.
 
 The targets read the true class (they are training targets). Prints one table; nothing is asserted or written.
