@@ -120,7 +120,7 @@ def zoom_gain_targets(
 ) -> Tensor:
     """The ``zoom_gain`` target of APN ``apn`` (0: the first): per image, of the squares of ``sides`` around the
     centre of its box (moved inside its input), the one whose zoom scale ``apn + 2``'s classifier is most sure of the
-    true class (the smallest side where several tie).
+    true class (the first of ``sides`` where several tie).
 
     Args:
         model: the :class:`racnn.modeling.model.RACNN` (one region per scale): its backbones, classifiers and zoom.
@@ -135,17 +135,14 @@ def zoom_gain_targets(
     """
     chain = [box.detach().float() for box in boxes[: apn + 1]]
     centres = chain[-1][:, :2]
-    best, best_score = None, None
+    candidates, scores = [], []
     for side in sides:
         half = torch.full_like(centres[:, :1], side / 2)
         candidate = torch.cat([centres.clamp(side / 2, 1 - side / 2), half], dim=1)  # (B, 3)
         composed = compose_boxes([*chain[:-1], candidate], (images.shape[-2], images.shape[-1]))[-1]
-        zoom = model._zoom(images, source, composed)
-        pooled = model.backbones[apn + 1](zoom).mean(dim=(2, 3))
-        score = model.classifiers[apn + 1](pooled).float().log_softmax(-1).gather(1, labels[:, None])[:, 0]
-        if best is None:
-            best, best_score = candidate, score
-        else:
-            better = score > best_score
-            best, best_score = torch.where(better[:, None], candidate, best), torch.maximum(score, best_score)
-    return best
+        pooled = model.backbones[apn + 1](model._zoom(images, source, composed)).mean(dim=(2, 3))
+        log_p = model.classifiers[apn + 1](pooled).float().log_softmax(-1)
+        candidates.append(candidate)
+        scores.append(log_p.gather(1, labels[:, None])[:, 0])
+    best = torch.stack(scores).argmax(0)  # (B,): the first of the sides where several tie
+    return torch.stack(candidates)[best, torch.arange(len(best))]

@@ -151,8 +151,9 @@ def build_split(cfg: Config, split: str, mean, std) -> Dataset:
     if cfg.model.oracle_zoom or box_target:  # the split without a transform, then the transform on image and box
         from racnn.data.object_boxes import ObjectBoxViews
 
-        key, needed_by = ("first_boxes", "model.oracle_zoom")
-        if not cfg.model.oracle_zoom:
+        if cfg.model.oracle_zoom:
+            key, needed_by = "first_boxes", "model.oracle_zoom"
+        else:
             key, needed_by = "object_boxes", "train.pretrain_target=object"
         try:
             return ObjectBoxViews(_split_of(cfg, split, to_tensor()), transform, key, needed_by)
