@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from diagnosed_split import add_data_options, load_diagnosed, photo_at
+from diagnosed_split import add_data_options, load_diagnosed, photo_at, view_and_source
 from racnn.data.object_boxes import square_box
 from racnn.modeling.crop import boxes_to_xyxy
 from racnn.modeling.losses import apn_pretrain_loss
@@ -77,7 +77,7 @@ def cache(model, cfg, split: str, maps: list[str], targets: list[str], threshold
     sizes = {int(name.partition("@")[2]) for name in [*maps, *targets] if name.startswith(("last@", "cam_extent@"))}
     found: dict[str, list[torch.Tensor]] = {name: [] for name in [*maps, *targets, "apn"]}
     for images, labels, *_ in make_eval_loader(data, 32, num_workers=0):
-        view, source = images if isinstance(images, (list, tuple)) else (images, None)
+        view, source = view_and_source(images)
         glance = backbone(view).float()
         last = {size: backbone(photo_at(view, source, size)).float() for size in sizes}  # once per batch
         found["apn"].append(model.apns[0](glance).float())

@@ -1,6 +1,6 @@
 """What the checkpoint diagnostics share (``box_spread``, ``box_picture``, ``pretrain_targets``, ``apn_capacity``):
-their data options, the checkpoint's model with the config it was trained with, and scale 1's photo read at another
-size.
+their data options, the checkpoint's model with the config it was trained with, a batch's views, and scale 1's photo
+read at another size.
 
 A helper module of the scripts in this folder (each imports it as ``diagnosed_split``); not a benchmark itself.
 """
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from racnn.checkpoint import find_model_file, load_model
 from racnn.config import apply_overrides
+from racnn.training.loop import model_inputs
 
 
 def add_data_options(parser: argparse.ArgumentParser, split: bool = True) -> None:
@@ -34,6 +35,13 @@ def load_diagnosed(path: str | Path, overrides: list[str]) -> tuple[torch.nn.Mod
     source = find_model_file(path)
     model, cfg, _ = load_model(source)
     return model.eval(), apply_overrides(cfg, ["data.num_workers=0", *overrides]), source
+
+
+def view_and_source(images) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch's scale-1 input and its source view (``None`` without ``data.source_size``), whatever form its items
+    take (:func:`racnn.training.loop.model_inputs`: a tensor, an ``[input, source]`` pair, an oracle run's dict)."""
+    inputs = model_inputs(images)
+    return inputs[0], inputs[1] if len(inputs) > 1 else None
 
 
 def photo_at(view: torch.Tensor, source: torch.Tensor | None, size: int) -> torch.Tensor:

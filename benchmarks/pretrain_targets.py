@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from diagnosed_split import add_data_options, load_diagnosed, photo_at
+from diagnosed_split import add_data_options, load_diagnosed, photo_at, view_and_source
 from racnn.modeling.losses import apn_targets
 from racnn.training import build_split, make_eval_loader, object_boxes_in_input
 from racnn.training.attention_targets import class_activation_map, extent_boxes, zoom_gain_targets
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     for images, labels, *_ in loader:
-        view, source = images if isinstance(images, (list, tuple)) else (images, None)
+        view, source = view_and_source(images)
         batch_objects = objects[seen : seen + len(labels)]
         for name, boxes in target_boxes(model, cfg, view, source, labels, thresholds, args.cam_size, sides).items():
             sums[name] = sums.get(name, 0) + box_sums(boxes, batch_objects)
